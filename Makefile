@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make chat` and `make test`. Each creates .venv and installs.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and pinned, so that pip does not pull a multi-GB CUDA build;
+# override with e.g. `make test TORCH_SPEC="torch==2.14.1"` or TORCH_SPEC="torch" for the default build.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install test chat bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+chat: install
+	$(BIN)/python interact.py
+
+bench: install
+	$(BIN)/python bench/preprocess.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

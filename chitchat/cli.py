@@ -1,0 +1,52 @@
+"""The `chitchat` command line: one subcommand per stage, each module owning its options."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from chitchat import __version__
+from chitchat.errors import ChitchatError
+
+# subcommand -> (module, one-line help); modules are imported only when their command runs.
+COMMANDS = {
+    "preprocess": ("chitchat.preprocess", "turn dialogue corpora into token windows for training"),
+    "vocab": ("chitchat.vocab_cli", "build the character vocabulary (vocab.txt)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chitchat",
+        description="Multi-turn Chinese chitchat: preprocess corpora, train GPT-2 dialogue and MMI models, chat.",
+    )
+    parser.add_argument("--version", action="version", version=f"chitchat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except ChitchatError as e:
+        print(f"chitchat {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"chitchat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Text normalisation, used identically at preprocessing and at chat time.
+
+Choices (documented in the README):
+- full-width ASCII forms (U+FF01..U+FF5E) and the ideographic space become their half-width forms,
+  so "，" and "," are one character; CJK punctuation with no half-width twin ("。", "、") stays;
+- control and format characters (zero-width spaces, BOMs, C0/C1 controls) are removed;
+- runs of whitespace fold to one space, and spaces that only segment the text are removed:
+  "你 好 ， 世 界" -> "你好,世界", "看到 曾经 的 初恋" -> "看到曾经的初恋",
+  "S E E D" -> "SEED", while "hello world" keeps its space.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_FULL_TO_HALF = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
+_FULL_TO_HALF[0x3000] = 0x20
+_WS = re.compile(r"\s+")
+_CONTROL_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn"}
+
+
+def _is_latin_alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def _drop_controls(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isspace() or unicodedata.category(ch) not in _CONTROL_CATEGORIES else "" for ch in text
+    )
+
+
+def _join_tokens(tokens: list[str]) -> str:
+    """Join whitespace-separated tokens, keeping a space only between two latin words."""
+    out = [tokens[0]]
+    for prev, tok in zip(tokens, tokens[1:]):
+        keep = (
+            _is_latin_alnum(prev[-1])
+            and _is_latin_alnum(tok[0])
+            and not (len(prev) == 1 and len(tok) == 1)  # "S E E D": letters spelled out one by one
+        )
+        if keep:
+            out.append(" ")
+        out.append(tok)
+    return "".join(out)
+
+
+def normalize(text: str) -> str:
+    """Return the canonical form of one utterance (may be empty)."""
+    text = _drop_controls(text.translate(_FULL_TO_HALF))
+    tokens = _WS.split(text.strip())
+    if len(tokens) == 1:
+        return tokens[0]
+    return _join_tokens(tokens)

@@ -1,0 +1,252 @@
+"""Corpora -> normalised dialogues -> token windows -> a dataset directory, in one stream.
+
+Memory stays flat: dialogues are read, normalised, tokenised (batched, by the fast tokenizer) and
+appended to the dataset files a batch at a time. The train/valid split is by dialogue, seeded, and
+chosen after the stream (from the count of kept dialogues), so it works for any corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from chitchat.dataset import FORMAT_VERSION, DatasetWriter, commit_dataset_dir, new_dataset_dir, token_dtype, write_split
+from chitchat.errors import ChitchatError
+from chitchat.normalize import normalize
+from chitchat.readers import Dialogue, ReadStats, read_corpus
+from chitchat.sequences import build_windows, window_tokens
+from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer, tokenizer_tokens, vocab_hash
+
+BATCH_DIALOGUES = 512
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: list[str]
+    output: Path
+    format: str | None = None
+    max_len: int = 256
+    valid_fraction: float | None = 0.05
+    valid_count: int | None = None
+    seed: int = 42
+    vocab: str = str(DEFAULT_VOCAB)
+    progress: bool | None = None  # None: only on a TTY
+
+
+@dataclass
+class Summary:
+    read: ReadStats
+    utterances: int = 0
+    empty_utterances: int = 0
+    truncated_utterances: int = 0
+    tokens: int = 0  # utterance tokens (characters), without [CLS]/[SEP]
+    unk: int = 0
+    windows: int = 0
+    split: dict = field(default_factory=dict)
+    window_lengths: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    bytes_read: int = 0
+
+    @property
+    def unk_rate(self) -> float:
+        return self.unk / self.tokens if self.tokens else 0.0
+
+    def counts(self) -> dict:
+        return {
+            "files": self.read.files, "dialogues_read": self.read.read, "dialogues_kept": self.read.kept,
+            "skipped": dict(sorted(self.read.skipped.items())), "file_errors": len(self.read.errors),
+            "utterances": self.utterances, "empty_utterances_dropped": self.empty_utterances,
+            "truncated_utterances": self.truncated_utterances, "utterance_tokens": self.tokens,
+            "unk_tokens": self.unk, "unk_rate": round(self.unk_rate, 6), "windows": self.windows,
+        }
+
+    def text(self) -> str:
+        r = self.read
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())) or "none"
+        lines = [
+            f"files {r.files}  dialogues read {r.read}  kept {r.kept}  skipped {sum(r.skipped.values())} ({skipped})",
+            f"utterances {self.utterances}  (empty dropped {self.empty_utterances}, truncated {self.truncated_utterances})",
+            f"tokens {self.tokens}  [UNK] {self.unk} ({100 * self.unk_rate:.3f}%)  windows {self.windows}"
+            f"  (train {self.split.get('train', 0)}, valid {self.split.get('valid', 0)})",
+        ]
+        if self.window_lengths:
+            w = self.window_lengths
+            lines.append(f"window length mean {w['mean']:.1f}  p50 {w['p50']}  p95 {w['p95']}  max {w['max']}")
+        if self.seconds:
+            lines.append(f"{self.bytes_read / 1e6:.1f} MB in {self.seconds:.1f} s ({self.bytes_read / 1e6 / self.seconds:.2f} MB/s)")
+        return "\n".join(lines)
+
+
+def clean_dialogue(d: Dialogue, max_len: int, summary: Summary) -> list[str] | None:
+    """Normalised utterances, empty ones dropped and long ones cut to fit one window; None to skip."""
+    limit = max_len - 2  # [CLS] u [SEP]; one character is one token
+    out = []
+    for u in d.utterances:
+        u = normalize(u)
+        if not u:
+            summary.empty_utterances += 1
+            continue
+        if len(u) > limit:
+            u = u[:limit]
+            summary.truncated_utterances += 1
+        out.append(u)
+    if len(out) < 2:
+        summary.read.skip("fewer_than_2_utterances", d.source)
+        return None
+    return out
+
+
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _progress(enabled: bool | None):
+    from tqdm import tqdm
+
+    disable = not sys.stderr.isatty() if enabled is None else not enabled
+    return tqdm(unit=" dialogues", desc="preprocess", disable=disable, file=sys.stderr)
+
+
+def choose_valid(n: int, fraction: float | None, count: int | None, seed: int) -> np.ndarray:
+    """Seeded choice of validation dialogues: at least one when asked for any and n >= 2,
+    never all of them (training needs data)."""
+    if n < 2 or (count is not None and count <= 0) or (count is None and not fraction):
+        return np.zeros(0, np.int64)
+    from sklearn.model_selection import train_test_split
+
+    size = min(count, n - 1) if count is not None else min(max(1, round(fraction * n)), n - 1)
+    _, valid = train_test_split(np.arange(n, dtype=np.int64), test_size=size, random_state=seed, shuffle=True)
+    return np.sort(valid)
+
+
+def preprocess(cfg: PreprocessConfig) -> Summary:
+    if cfg.max_len < 4:
+        raise ChitchatError(f"--max-len {cfg.max_len} is too small (at least 4)")
+    if cfg.valid_fraction is not None and not 0 <= cfg.valid_fraction < 1:
+        raise ChitchatError(f"--valid-fraction {cfg.valid_fraction} must be in [0, 1)")
+    tokenizer = load_tokenizer(cfg.vocab)
+    tokens = tokenizer_tokens(tokenizer)
+    cls_id, sep_id, unk_id = (tokenizer.convert_tokens_to_ids(t) for t in (CLS, SEP, UNK))
+    dtype = token_dtype(len(tokens))
+    backend = tokenizer.backend_tokenizer
+
+    from chitchat.readers import expand_inputs
+
+    paths = expand_inputs(cfg.inputs)  # fail early on missing inputs, before any output exists
+    total_bytes = sum(p.stat().st_size for p in paths)
+    summary = Summary(read=ReadStats(), bytes_read=total_bytes)
+    out = Path(cfg.output)
+    tmp = new_dataset_dir(out)
+    started = time.perf_counter()
+    try:
+        writer = DatasetWriter(tmp, dtype)
+        kept = 0
+        bar = _progress(cfg.progress)
+        dialogues = read_corpus([str(p) for p in paths], summary.read, cfg.format)
+        for batch in batched(dialogues, BATCH_DIALOGUES):
+            cleaned = [c for c in (clean_dialogue(d, cfg.max_len, summary) for d in batch) if c is not None]
+            flat = [u for c in cleaned for u in c]
+            encodings = backend.encode_batch_fast(flat, add_special_tokens=False)
+            ids = [np.array(e.ids, dtype=dtype) for e in encodings]
+            fwd, mmi, owners = [], [], []
+            pos = 0
+            for c in cleaned:
+                utt = ids[pos:pos + len(c)]
+                pos += len(c)
+                for start, end in build_windows([len(u) for u in utt], cfg.max_len):
+                    fwd.append(window_tokens(utt, start, end, cls_id, sep_id))
+                    mmi.append(window_tokens(utt, start, end, cls_id, sep_id, reverse=True))
+                    owners.append(kept)
+                kept += 1
+            writer.add(fwd, mmi, owners)
+            summary.utterances += len(flat)
+            summary.tokens += sum(len(u) for u in ids)
+            summary.unk += sum(int((u == unk_id).sum()) for u in ids)
+            bar.update(len(batch))
+        bar.close()
+        writer.close()
+        for message in summary.read.errors:
+            print(f"error: {message}", file=sys.stderr)
+        for message in summary.read.warnings:
+            print(f"warning: {message}", file=sys.stderr)
+        if summary.read.warning_count > len(summary.read.warnings):
+            print(f"warning: ... and {summary.read.warning_count - len(summary.read.warnings)} more skips", file=sys.stderr)
+        if kept == 0:
+            raise ChitchatError("no usable dialogue was read (a dialogue needs at least 2 non-empty utterances)")
+        summary.windows = writer.n_windows
+        summary.split = write_split(tmp, choose_valid(kept, cfg.valid_fraction, cfg.valid_count, cfg.seed))
+        offsets = np.fromfile(tmp / "offsets.bin", dtype=np.int64)
+        lengths = np.diff(offsets)
+        summary.window_lengths = {
+            "mean": float(lengths.mean()), "p50": int(np.percentile(lengths, 50)),
+            "p95": int(np.percentile(lengths, 95)), "max": int(lengths.max()),
+        }
+        summary.seconds = time.perf_counter() - started
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "vocab_hash": vocab_hash(tokens),
+            "vocab_size": len(tokens),
+            "dtype": dtype.name,
+            "max_len": cfg.max_len,
+            "sources": [str(p) for p in paths],
+            "format": cfg.format or "auto",
+            "split": {"seed": cfg.seed, "valid_fraction": cfg.valid_fraction, "valid_count": cfg.valid_count,
+                      "dialogues_valid": int(len(np.unique(np.fromfile(tmp / "dialogues.bin", np.int64)[np.load(tmp / "valid.npy")]))),
+                      "windows": summary.split},
+            "counts": {**summary.counts(), "dialogues": kept, "tokens": writer.n_tokens, "windows": writer.n_windows},
+            "window_lengths": summary.window_lengths,
+            "special_tokens": {"cls": cls_id, "sep": sep_id, "pad": tokenizer.pad_token_id, "unk": unk_id},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+        commit_dataset_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def add_arguments(p) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="corpus files, folders, globs, or chatterbot:LANG[.TOPIC] (e.g. chatterbot:chinese)")
+    p.add_argument("--output", "-o", required=True, type=Path, help="dataset directory to write (replaced if it is a dataset)")
+    p.add_argument("--format", choices=("text", "json", "jsonl", "yaml", "tsv", "csv", "pipe"),
+                   help="input format for every input (default: detected per file from extension and content)")
+    p.add_argument("--max-len", type=int, default=256, help="tokens per training window, [CLS] and [SEP]s included (default 256)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--valid-fraction", type=float, default=None, help="share of dialogues for validation (default 0.05)")
+    g.add_argument("--valid-count", type=int, default=None, help="number of dialogues for validation")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
+    p.add_argument("--vocab", default=str(DEFAULT_VOCAB),
+                   help="vocab.txt or a model directory whose tokenizer to use (default vocab/vocab.txt)")
+    p.add_argument("--mmi", action="store_true",
+                   help="accepted for compatibility: the reversed (MMI) sequences are always written")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    fraction = args.valid_fraction if args.valid_fraction is not None else (None if args.valid_count is not None else 0.05)
+    cfg = PreprocessConfig(
+        inputs=args.inputs, output=args.output, format=args.format, max_len=args.max_len,
+        valid_fraction=fraction, valid_count=args.valid_count, seed=args.seed, vocab=args.vocab,
+        progress=False if args.no_progress else None,
+    )
+    summary = preprocess(cfg)
+    print(summary.text())
+    print(f"wrote {cfg.output}")
+    return 0

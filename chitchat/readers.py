@@ -1,0 +1,393 @@
+"""Corpus readers: every supported format becomes a stream of `Dialogue`s.
+
+One function per format, each `(path, stats) -> Iterator[Dialogue]`. Readers never raise on bad
+content: a record of the wrong shape or a line that is not UTF-8 is a counted skip (with a warning
+naming file and line), and a file that cannot be read at all is a one-line error in `stats.errors`.
+Utterances come out as the file has them; normalisation happens later, in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from chitchat.errors import ChitchatError
+
+FORMATS = ("text", "json", "jsonl", "yaml", "tsv", "csv", "pipe")
+_EXTENSIONS = {
+    ".txt": "text", ".text": "text", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".yml": "yaml", ".yaml": "yaml", ".tsv": "tsv", ".csv": "csv",
+}
+# Keys under which JSON/JSONL objects hold a dialogue, and under which a turn holds its text.
+_DIALOGUE_KEYS = ("messages", "dialog", "dialogue", "conversation", "conversations", "utterances", "turns", "content")
+_TURN_KEYS = ("message", "text", "content", "utterance", "value")
+_BOM = b"\xef\xbb\xbf"
+_HEADER = re.compile(r"[A-Za-z_ ]+")
+MAX_WARNINGS = 20
+
+
+@dataclass
+class Dialogue:
+    utterances: list[str]
+    source: str  # "path:line" or "path#index", for messages
+
+
+@dataclass
+class ReadStats:
+    """What the readers saw: dialogue records read, skipped by reason, and file-level errors."""
+
+    files: int = 0
+    read: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
+
+    @property
+    def kept(self) -> int:
+        return self.read - sum(self.skipped.values())
+
+    def skip(self, reason: str, where: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        self.warning_count += 1
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(f"{where}: skipped ({reason}){': ' + detail if detail else ''}")
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
+
+def _as_utterance(turn) -> str | None:
+    if isinstance(turn, str):
+        return turn
+    if isinstance(turn, (int, float)) and not isinstance(turn, bool):
+        return str(turn)
+    if isinstance(turn, dict):
+        for key in _TURN_KEYS:
+            if isinstance(turn.get(key), str):
+                return turn[key]
+    return None
+
+
+def _as_dialogue(record) -> list[str] | None:
+    """A list of utterances from a JSON/YAML record, or None when it has the wrong shape."""
+    if isinstance(record, dict):
+        for key in _DIALOGUE_KEYS:
+            if isinstance(record.get(key), list):
+                record = record[key]
+                break
+        else:
+            lists = [v for v in record.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                return None
+            record = lists[0]
+    if not isinstance(record, list):
+        return None
+    utterances = [_as_utterance(t) for t in record]
+    if any(u is None for u in utterances):
+        return None
+    return utterances
+
+
+def _emit(record, where: str, stats: ReadStats) -> Iterator[Dialogue]:
+    stats.read += 1
+    utterances = _as_dialogue(record)
+    if utterances is None:
+        stats.skip("bad_shape", where, f"expected a list of utterances, got {type(record).__name__}")
+        return
+    yield Dialogue(utterances, where)
+
+
+def _decoded_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) for each line; text is None for a line that is not valid UTF-8."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            try:
+                yield lineno, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                yield lineno, None
+
+
+def read_text(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+    """GPT2-chitchat style: one utterance per line, a blank line between dialogues."""
+    turns: list[str] = []
+    start, bad = 0, False
+
+    def flush():
+        stats.read += 1
+        where = f"{path}:{start}"
+        if bad:
+            stats.skip("invalid_utf8", where)
+            return None
+        return Dialogue(list(turns), where)
+
+    for lineno, line in _decoded_lines(path, stats):
+        if line is not None and not line.strip():
+            if turns or bad:
+                d = flush()
+                if d:
+                    yield d
+            turns, bad = [], False
+            continue
+        if not turns and not bad:
+            start = lineno
+        if line is None:
+            bad = True
+        else:
+            turns.append(line)
+    if turns or bad:
+        d = flush()
+        if d:
+            yield d
+
+
+def _delimited(path: Path, stats: ReadStats, split: Callable[[str], list[str]]) -> Iterator[Dialogue]:
+    for lineno, line in _decoded_lines(path, stats):
+        where = f"{path}:{lineno}"
+        if line is None:
+            stats.read += 1
+            stats.skip("invalid_utf8", where)
+            continue
+        if not line.strip():
+            continue
+        stats.read += 1
+        yield Dialogue([c for c in split(line) if c.strip()], where)
+
+
+def read_tsv(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+    """One dialogue per line, turns separated by tabs (question-answer pairs or more columns)."""
+    return _delimited(path, stats, lambda line: line.split("\t"))
+
+
+def read_pipe(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+    """One dialogue per line, turns separated by '|'."""
+    return _delimited(path, stats, lambda line: line.split("|"))
+
+
+def read_csv(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+    """One dialogue per CSV row (RFC 4180 quoting), turns in columns."""
+    good = (line for _, line in _decoded_lines(path, stats) if line is not None)
+    reader = csv.reader(good)
+    try:
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if reader.line_num == 1 and all(_HEADER.fullmatch(c) for c in row):
+                continue  # a header row such as "question,answer"
+            stats.read += 1
+            yield Dialogue([c for c in row if c.strip()], f"{path}:{reader.line_num}")
+    except csv.Error as e:
+        stats.error(f"{path}:{reader.line_num}: invalid CSV: {e}")
+
+
+def read_jsonl(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+    """One dialogue per line: a JSON list of utterances, or an object holding one."""
+    for lineno, line in _decoded_lines(path, stats):
+        where = f"{path}:{lineno}"
+        if line is None:
+            stats.read += 1
+            stats.skip("invalid_utf8", where)
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            stats.read += 1
+            stats.skip("invalid_json", where, e.msg)
+            continue
+        yield from _emit(record, where, stats)
+
+
+def _json_error(path: Path, f, e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, UnicodeDecodeError) or "invalid char" in first or "invalid bytes in UTF8" in first:
+        return f"{path}: invalid UTF-8 or JSON near byte {f.tell()}: {first}"
+    return f"{path}: invalid JSON near byte {f.tell()}: {first}"
+
+
+def _first_char(f) -> bytes:
+    head = f.read(len(_BOM))
+    if head != _BOM:
+        f.seek(0)
+    start = f.tell()
+    while True:
+        ch = f.read(1)
+        if not ch or not ch.isspace():
+            f.seek(start)
+            return ch
+        start = f.tell()
+
+
+def read_json(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+    """A JSON list of dialogues (lists of strings, or KdConv's `{"messages": [{"message": ...}]}`),
+    or an object mapping split names to such lists (LCCC / CDial-GPT). Streamed with ijson, so a
+    multi-GB file does not have to fit in memory."""
+    import ijson
+
+    with open(path, "rb") as f:
+        first = _first_char(f)
+        if first == b"[":
+            prefixes = [("item", str(path))]
+        elif first == b"{":
+            try:
+                keys = [v for p, ev, v in ijson.parse(f) if p == "" and ev == "map_key"]
+            except Exception as e:  # ijson raises several types for malformed input
+                stats.error(_json_error(path, f, e))
+                return
+            f.seek(0)
+            _first_char(f)
+            prefixes = [(f"{k}.item", f"{path}#{k}") for k in keys if "." not in k and " " not in k]
+            if not prefixes:
+                stats.error(f"{path}: JSON object holds no list of dialogues (keys: {', '.join(keys[:5]) or 'none'})")
+                return
+        elif not first:
+            stats.error(f"{path}: empty file")
+            return
+        else:
+            stats.error(f"{path}: not a JSON list or object of dialogues (starts with {first!r})")
+            return
+        for prefix, label in prefixes:
+            start = f.tell()
+            try:
+                for index, record in enumerate(ijson.items(f, prefix)):
+                    yield from _emit(record, f"{label}[{index}]", stats)
+            except Exception as e:
+                stats.error(_json_error(path, f, e))
+                return
+            f.seek(start)
+
+
+def read_yaml(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+    """ChatterBot corpus YAML: `conversations:` holding lists of utterances."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        with open(path, "rb") as f:
+            data = yaml.load(f, Loader=loader)
+    except UnicodeDecodeError as e:
+        stats.error(f"{path}: invalid UTF-8 at byte {e.start}")
+        return
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        stats.error(f"{path}{line}: invalid YAML: {getattr(e, 'problem', None) or e}")
+        return
+    if data is None:
+        stats.error(f"{path}: empty file")
+        return
+    if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
+        stats.error(f"{path}: YAML without a 'conversations:' list (not a ChatterBot corpus file)")
+        return
+    for index, record in enumerate(data["conversations"]):
+        yield from _emit(record, f"{path}#conversations[{index}]", stats)
+
+
+READERS: dict[str, Callable[[Path, ReadStats], Iterator[Dialogue]]] = {
+    "text": read_text, "json": read_json, "jsonl": read_jsonl, "yaml": read_yaml,
+    "tsv": read_tsv, "csv": read_csv, "pipe": read_pipe,
+}
+
+
+def _sniff_lines(sample: str) -> str:
+    lines = sample.splitlines()[:200]
+    nonblank = [l for l in lines if l.strip()]
+    if not nonblank or len(nonblank) < len(lines):  # blank lines separate dialogues
+        return "text"
+    if sum("\t" in l for l in nonblank) >= 0.8 * len(nonblank):
+        return "tsv"
+    if sum("|" in l for l in nonblank) >= 0.8 * len(nonblank):
+        return "pipe"
+    return "text"
+
+
+def detect_format(path: Path) -> str:
+    """The format of a file from its extension and, where that is ambiguous, its first 64 KiB."""
+    ext = _EXTENSIONS.get(path.suffix.lower())
+    if ext in ("json", "jsonl", "yaml", "csv"):
+        return ext
+    with open(path, "rb") as f:
+        sample = f.read(65536)
+    text = sample.removeprefix(_BOM).decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    if ext != "text" and stripped[:1] in ("[", "{"):
+        first_line = stripped.split("\n", 1)[0]
+        try:
+            json.loads(first_line)
+            return "jsonl" if "\n" in stripped.strip() else "json"
+        except json.JSONDecodeError:
+            return "json"
+    if ext != "text" and stripped.startswith(("conversations:", "categories:")):
+        return "yaml"
+    if ext == "tsv":
+        return "tsv"
+    return _sniff_lines(text)
+
+
+def chatterbot_files(name: str) -> list[Path]:
+    """`chatterbot:chinese` -> the Chinese YAML files of the chatterbot-corpus package;
+    `chatterbot:chinese.greetings` -> one of them."""
+    try:
+        import chatterbot_corpus
+    except ImportError:
+        raise ChitchatError(f"{name}: the chatterbot-corpus package is not installed (pip install chatterbot-corpus)") from None
+    root = Path(chatterbot_corpus.__file__).parent / "data"
+    spec = name.split(":", 1)[1]
+    language, _, topic = spec.partition(".")
+    folder = root / language
+    if not folder.is_dir():
+        langs = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir()))
+        raise ChitchatError(f"{name}: no such chatterbot-corpus language (have: {langs})")
+    files = [folder / f"{topic}.yml"] if topic else sorted(folder.glob("*.yml"))
+    if not files[0].is_file():
+        raise ChitchatError(f"{name}: no such chatterbot-corpus file {files[0]}")
+    return files
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files, folders (searched recursively for known extensions), globs and `chatterbot:LANG`."""
+    paths: list[Path] = []
+    for item in inputs:
+        if item.startswith("chatterbot:"):
+            paths.extend(chatterbot_files(item))
+            continue
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches:
+            raise ChitchatError(f"{item}: no file matches")
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in _EXTENSIONS)
+                if not found:
+                    raise ChitchatError(f"{p}: folder holds no corpus file ({', '.join(sorted(_EXTENSIONS))})")
+                paths.extend(found)
+            elif p.is_file():
+                paths.append(p)
+            else:
+                raise ChitchatError(f"{p}: no such file or folder")
+    return paths
+
+
+def read_corpus(inputs: Iterable[str], stats: ReadStats, fmt: str | None = None) -> Iterator[Dialogue]:
+    """All dialogues of all inputs, in order. Unreadable files become errors in `stats`."""
+    if fmt is not None and fmt not in READERS:
+        raise ChitchatError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    for path in expand_inputs(inputs):
+        stats.files += 1
+        try:
+            if os.path.getsize(path) == 0:
+                stats.error(f"{path}: empty file")
+                continue
+            yield from READERS[fmt or detect_format(path)](path, stats)
+        except OSError as e:
+            stats.error(f"{path}: cannot read: {e.strerror}")

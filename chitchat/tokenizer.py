@@ -1,0 +1,139 @@
+"""The character vocabulary and the Hugging Face fast tokenizer built on it.
+
+A vocabulary is a text file, one token per line: the special tokens first, then "▁" (the space),
+then characters. The tokenizer is a `tokenizers` WordLevel model over single characters, wrapped
+in a `transformers` fast tokenizer and saved next to every model and dataset, so that
+`AutoTokenizer.from_pretrained(dir)` works without this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+from chitchat.errors import ChitchatError
+from chitchat.normalize import normalize
+
+PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP)
+SPACE = "▁"
+MAX_VOCAB = 10_000
+DEFAULT_SIZE = 8_000  # covers 99.97% of the characters of LCCC toy + KdConv dev without them
+DEFAULT_VOCAB = Path(__file__).resolve().parent.parent / "vocab" / "vocab.txt"
+
+# Printable ASCII and common punctuation are always in the vocabulary, whatever their frequency.
+_ALWAYS = [chr(c) for c in range(0x21, 0x7F)] + list("。、“”‘’《》【】「」『』〈〉…—·￥")
+
+
+def read_vocab(path: str | Path) -> list[str]:
+    path = Path(path)
+    try:
+        tokens = path.read_text(encoding="utf-8").split("\n")
+    except OSError as e:
+        raise ChitchatError(f"cannot read vocabulary {path}: {e.strerror}") from None
+    tokens = [t for t in tokens if t != ""]
+    missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+    if missing:
+        raise ChitchatError(f"vocabulary {path} lacks the special tokens {' '.join(missing)}")
+    if len(set(tokens)) != len(tokens):
+        raise ChitchatError(f"vocabulary {path} has duplicate entries")
+    return tokens
+
+
+def vocab_hash(tokens: list[str]) -> str:
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()[:16]
+
+
+def jieba_char_frequencies() -> Counter:
+    """Character frequencies from jieba's word dictionary: a word's count goes to each character."""
+    import jieba
+
+    dict_path = Path(jieba.__file__).parent / "dict.txt"
+    freq: Counter = Counter()
+    with open(dict_path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split(" ")
+            if len(parts) < 2:
+                continue
+            word, count = parts[0], int(parts[1])
+            for ch in word:
+                freq[ch] += count
+    return freq
+
+
+def build_vocab(corpus_chars: Counter | None = None, size: int = MAX_VOCAB, min_corpus_count: int = 1) -> list[str]:
+    """Deterministic vocabulary: specials, space, ASCII, then every corpus character seen at least
+    `min_corpus_count` times, then the most frequent characters of jieba's dictionary until `size`."""
+    if size > MAX_VOCAB:
+        raise ChitchatError(f"vocabulary size {size} exceeds the maximum of {MAX_VOCAB}")
+    tokens = list(SPECIAL_TOKENS) + [SPACE]
+    seen = set(tokens)
+
+    def add(chars: Iterable[str]) -> None:
+        for ch in chars:
+            if len(tokens) >= size:
+                return
+            if ch not in seen and not ch.isspace() and normalize(ch) == ch:
+                seen.add(ch)
+                tokens.append(ch)
+
+    add(_ALWAYS)
+    if corpus_chars:
+        add(ch for ch, n in sorted(corpus_chars.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_corpus_count)
+    general = jieba_char_frequencies()
+    add(ch for ch, _ in sorted(general.items(), key=lambda kv: (-kv[1], kv[0])))
+    return tokens
+
+
+def write_vocab(tokens: list[str], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+
+
+def build_tokenizer(tokens: list[str]):
+    """A `transformers` fast tokenizer over a character vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK))
+    tok.normalizer = normalizers.Replace(" ", SPACE)
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.Fuse()])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=UNK, pad_token=PAD, cls_token=CLS, sep_token=SEP
+    )
+    hf.model_input_names = ["input_ids", "attention_mask"]
+    return hf
+
+
+def tokenizer_tokens(tokenizer) -> list[str]:
+    """The vocabulary of a tokenizer in id order."""
+    vocab = tokenizer.get_vocab()
+    return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer from a model/dataset directory (tokenizer.json) or from a vocab.txt file."""
+    path = Path(path)
+    if path.is_file():
+        return build_tokenizer(read_vocab(path))
+    if not (path / "tokenizer.json").is_file():
+        raise ChitchatError(f"no tokenizer in {path} (expected tokenizer.json or a vocab.txt file)")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    check_tokenizer(tok, str(path))
+    return tok
+
+
+def check_tokenizer(tokenizer, where: str) -> None:
+    """Guard against tokenizers that silently lost their vocabulary (for example transformers 5's
+    `BertTokenizer(vocab_file=...)`, which maps everything to [UNK] with a vocabulary of 5)."""
+    if len(tokenizer) <= len(SPECIAL_TOKENS) + 1:
+        raise ChitchatError(f"tokenizer from {where} has only {len(tokenizer)} entries: its vocabulary was not loaded")
+    for t in SPECIAL_TOKENS:
+        if tokenizer.convert_tokens_to_ids(t) is None:
+            raise ChitchatError(f"tokenizer from {where} lacks {t}")
