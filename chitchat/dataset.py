@@ -75,6 +75,8 @@ def write_split(tmp_dir: Path, valid_dialogues: np.ndarray) -> dict[str, int]:
 def new_dataset_dir(output: Path) -> Path:
     """A temporary directory beside `output`, renamed into place by `commit_dataset_dir`."""
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ChitchatError(f"{output} exists and is not a directory: refusing to overwrite it")
     if output.exists() and not (output / "manifest.json").is_file() and any(output.iterdir()):
         raise ChitchatError(f"{output} exists and is not a chitchat dataset: refusing to overwrite it")
     output.parent.mkdir(parents=True, exist_ok=True)

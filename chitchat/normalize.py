@@ -17,6 +17,9 @@ import unicodedata
 _FULL_TO_HALF = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
 _FULL_TO_HALF[0x3000] = 0x20
 _WS = re.compile(r"\s+")
+_WIDE = re.compile("[\uff01-\uff5e\u3000]")
+# A space can only survive between two latin letters/digits; text without such a gap loses all spaces.
+_LATIN_GAP = re.compile(r"[A-Za-z0-9]\s+[A-Za-z0-9]")
 _CONTROL_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn"}
 
 
@@ -49,7 +52,13 @@ def _join_tokens(tokens: list[str]) -> str:
 
 def normalize(text: str) -> str:
     """Return the canonical form of one utterance (may be empty)."""
-    text = _drop_controls(text.translate(_FULL_TO_HALF))
+    wide = _WIDE.findall(text)
+    if wide:  # str.replace per distinct character is much faster than str.translate with a dict
+        for ch in set(wide):
+            text = text.replace(ch, chr(_FULL_TO_HALF[ord(ch)]))
+    text = _drop_controls(text)
+    if not _LATIN_GAP.search(text):  # fast path, same result as _join_tokens
+        return "".join(text.split())
     tokens = _WS.split(text.strip())
     if len(tokens) == 1:
         return tokens[0]

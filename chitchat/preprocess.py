@@ -11,8 +11,8 @@ import json
 import shutil
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -22,7 +22,7 @@ from chitchat.dataset import FORMAT_VERSION, DatasetWriter, commit_dataset_dir, 
 from chitchat.errors import ChitchatError
 from chitchat.normalize import normalize
 from chitchat.readers import Dialogue, ReadStats, read_corpus
-from chitchat.sequences import build_windows, window_tokens
+from chitchat.sequences import build_windows
 from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer, tokenizer_tokens, vocab_hash
 
 BATCH_DIALOGUES = 512
@@ -122,16 +122,38 @@ def _progress(enabled: bool | None):
     return tqdm(unit=" dialogues", desc="preprocess", disable=disable, file=sys.stderr)
 
 
+def dialogue_windows(utt: list[np.ndarray], max_len: int, cls_id: int, sep_id: int) -> tuple[list, list]:
+    """Token arrays of a dialogue's windows, forward and reversed (MMI): for each window of
+    `build_windows`, what `sequences.window_tokens` gives, but cut from the dialogue laid out once
+    each way instead of assembled utterance by utterance."""
+    windows = build_windows([len(u) for u in utt], max_len)
+    cls = np.array([cls_id], dtype=utt[0].dtype)
+    sep = np.array([sep_id], dtype=utt[0].dtype)
+    body = np.concatenate([x for u in utt for x in (u, sep)])  # u0 [SEP] u1 [SEP] ...
+    rbody = np.concatenate([x for u in reversed(utt) for x in (u, sep)])  # un [SEP] ... u0 [SEP]
+    bounds = list(accumulate((len(u) + 1 for u in utt), initial=0))  # where utterance i starts in body
+    total = bounds[-1]
+    fwd = [np.concatenate((cls, body[bounds[s]:bounds[e + 1]])) for s, e in windows]
+    mmi = [np.concatenate((cls, rbody[total - bounds[e + 1]:total - bounds[s]])) for s, e in windows]
+    return fwd, mmi
+
+
 def choose_valid(n: int, fraction: float | None, count: int | None, seed: int) -> np.ndarray:
     """Seeded choice of validation dialogues: at least one when asked for any and n >= 2,
     never all of them (training needs data)."""
     if n < 2 or (count is not None and count <= 0) or (count is None and not fraction):
         return np.zeros(0, np.int64)
+    size = min(count, n - 1) if count is not None else min(max(1, round(fraction * n)), n - 1)
     from sklearn.model_selection import train_test_split
 
-    size = min(count, n - 1) if count is not None else min(max(1, round(fraction * n)), n - 1)
     _, valid = train_test_split(np.arange(n, dtype=np.int64), test_size=size, random_state=seed, shuffle=True)
     return np.sort(valid)
+
+
+def encode_utterances(tokenizer, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
+    """Token ids of each utterance (no special tokens added), by the fast tokenizer in one batch."""
+    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    return [np.array(e.ids, dtype=dtype) for e in encodings]
 
 
 def preprocess(cfg: PreprocessConfig) -> Summary:
@@ -139,18 +161,16 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         raise ChitchatError(f"--max-len {cfg.max_len} is too small (at least 4)")
     if cfg.valid_fraction is not None and not 0 <= cfg.valid_fraction < 1:
         raise ChitchatError(f"--valid-fraction {cfg.valid_fraction} must be in [0, 1)")
-    tokenizer = load_tokenizer(cfg.vocab)
-    tokens = tokenizer_tokens(tokenizer)
-    cls_id, sep_id, unk_id = (tokenizer.convert_tokens_to_ids(t) for t in (CLS, SEP, UNK))
-    dtype = token_dtype(len(tokens))
-    backend = tokenizer.backend_tokenizer
-
     from chitchat.readers import expand_inputs
 
     paths = expand_inputs(cfg.inputs)  # fail early on missing inputs, before any output exists
     total_bytes = sum(p.stat().st_size for p in paths)
     summary = Summary(read=ReadStats(), bytes_read=total_bytes)
     out = Path(cfg.output)
+    tokenizer = load_tokenizer(cfg.vocab)
+    tokens = tokenizer_tokens(tokenizer)
+    cls_id, sep_id, unk_id = (tokenizer.convert_tokens_to_ids(t) for t in (CLS, SEP, UNK))
+    dtype = token_dtype(len(tokens))
     tmp = new_dataset_dir(out)
     started = time.perf_counter()
     try:
@@ -160,24 +180,26 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         dialogues = read_corpus([str(p) for p in paths], summary.read, cfg.format)
         for batch in batched(dialogues, BATCH_DIALOGUES):
             cleaned = [c for c in (clean_dialogue(d, cfg.max_len, summary) for d in batch) if c is not None]
+            bar.update(len(batch))
+            if not cleaned:
+                continue
             flat = [u for c in cleaned for u in c]
-            encodings = backend.encode_batch_fast(flat, add_special_tokens=False)
-            ids = [np.array(e.ids, dtype=dtype) for e in encodings]
+            ids = encode_utterances(tokenizer, flat, dtype)
             fwd, mmi, owners = [], [], []
             pos = 0
             for c in cleaned:
-                utt = ids[pos:pos + len(c)]
+                f, r = dialogue_windows(ids[pos:pos + len(c)], cfg.max_len, cls_id, sep_id)
                 pos += len(c)
-                for start, end in build_windows([len(u) for u in utt], cfg.max_len):
-                    fwd.append(window_tokens(utt, start, end, cls_id, sep_id))
-                    mmi.append(window_tokens(utt, start, end, cls_id, sep_id, reverse=True))
-                    owners.append(kept)
+                fwd += f
+                mmi += r
+                owners += [kept] * len(f)
                 kept += 1
             writer.add(fwd, mmi, owners)
             summary.utterances += len(flat)
-            summary.tokens += sum(len(u) for u in ids)
-            summary.unk += sum(int((u == unk_id).sum()) for u in ids)
-            bar.update(len(batch))
+            if ids:
+                every = np.concatenate(ids)
+                summary.tokens += len(every)
+                summary.unk += int(np.count_nonzero(every == unk_id))
         bar.close()
         writer.close()
         for message in summary.read.errors:

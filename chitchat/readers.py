@@ -113,20 +113,20 @@ def _decoded_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, str | No
                 raw = raw[len(_BOM):]
             try:
                 yield lineno, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
+            except UnicodeDecodeError:
                 yield lineno, None
 
 
 def read_text(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
     """GPT2-chitchat style: one utterance per line, a blank line between dialogues."""
     turns: list[str] = []
-    start, bad = 0, False
+    start, bad = 0, 0  # bad: the first line of this dialogue that is not UTF-8 (0: none)
 
     def flush():
         stats.read += 1
         where = f"{path}:{start}"
         if bad:
-            stats.skip("invalid_utf8", where)
+            stats.skip("invalid_utf8", where, f"line {bad} is not valid UTF-8")
             return None
         return Dialogue(list(turns), where)
 
@@ -136,12 +136,12 @@ def read_text(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
                 d = flush()
                 if d:
                     yield d
-            turns, bad = [], False
+            turns, bad = [], 0
             continue
         if not turns and not bad:
             start = lineno
         if line is None:
-            bad = True
+            bad = bad or lineno
         else:
             turns.append(line)
     if turns or bad:
@@ -175,8 +175,15 @@ def read_pipe(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
 
 def read_csv(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
     """One dialogue per CSV row (RFC 4180 quoting), turns in columns."""
-    good = (line for _, line in _decoded_lines(path, stats) if line is not None)
-    reader = csv.reader(good)
+    def good_lines() -> Iterator[str]:
+        for lineno, line in _decoded_lines(path, stats):
+            if line is None:
+                stats.read += 1
+                stats.skip("invalid_utf8", f"{path}:{lineno}")
+            else:
+                yield line + "\n"  # the line end, so that a quoted field spanning lines keeps it
+
+    reader = csv.reader(good_lines())
     try:
         for row in reader:
             if not any(c.strip() for c in row):
@@ -209,7 +216,11 @@ def read_jsonl(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
 
 
 def _json_error(path: Path, f, e: Exception) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = e.args[0] if len(e.args) == 1 else str(e)
+    if isinstance(msg, bytes):  # ijson's C backend: the message, then an excerpt of the input
+        msg = msg.decode("utf-8", errors="replace")
+    msg = str(msg).strip()
+    first = msg.splitlines()[0].strip() if msg else type(e).__name__
     if isinstance(e, UnicodeDecodeError) or "invalid char" in first or "invalid bytes in UTF8" in first:
         return f"{path}: invalid UTF-8 or JSON near byte {f.tell()}: {first}"
     return f"{path}: invalid JSON near byte {f.tell()}: {first}"
@@ -239,14 +250,20 @@ def read_json(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
         if first == b"[":
             prefixes = [("item", str(path))]
         elif first == b"{":
+            keys: list[str] = []
+            lists: list[str] = []  # the keys whose value is a list
             try:
-                keys = [v for p, ev, v in ijson.parse(f) if p == "" and ev == "map_key"]
+                for p, ev, v in ijson.parse(f):
+                    if p == "" and ev == "map_key":
+                        keys.append(v)
+                    elif ev == "start_array" and keys and p == keys[-1]:
+                        lists.append(p)
             except Exception as e:  # ijson raises several types for malformed input
                 stats.error(_json_error(path, f, e))
                 return
             f.seek(0)
             _first_char(f)
-            prefixes = [(f"{k}.item", f"{path}#{k}") for k in keys if "." not in k and " " not in k]
+            prefixes = [(f"{k}.item", f"{path}#{k}") for k in lists if "." not in k and " " not in k]
             if not prefixes:
                 stats.error(f"{path}: JSON object holds no list of dialogues (keys: {', '.join(keys[:5]) or 'none'})")
                 return
@@ -278,10 +295,15 @@ def read_yaml(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
     except UnicodeDecodeError as e:
         stats.error(f"{path}: invalid UTF-8 at byte {e.start}")
         return
+    except yaml.reader.ReaderError as e:  # bytes that are not UTF-8, or characters YAML forbids
+        char = f" 0x{e.character:02x}" if isinstance(e.character, int) else ""
+        stats.error(f"{path}: invalid UTF-8 or unacceptable character{char} at position {e.position}: {e.reason}")
+        return
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        stats.error(f"{path}{line}: invalid YAML: {getattr(e, 'problem', None) or e}")
+        problem = str(getattr(e, "problem", None) or e).strip().splitlines()
+        stats.error(f"{path}{line}: invalid YAML: {problem[0] if problem else type(e).__name__}")
         return
     if data is None:
         stats.error(f"{path}: empty file")
@@ -314,7 +336,7 @@ def _sniff_lines(sample: str) -> str:
 def detect_format(path: Path) -> str:
     """The format of a file from its extension and, where that is ambiguous, its first 64 KiB."""
     ext = _EXTENSIONS.get(path.suffix.lower())
-    if ext in ("json", "jsonl", "yaml", "csv"):
+    if ext in ("jsonl", "yaml", "csv"):
         return ext
     with open(path, "rb") as f:
         sample = f.read(65536)
@@ -327,6 +349,8 @@ def detect_format(path: Path) -> str:
             return "jsonl" if "\n" in stripped.strip() else "json"
         except json.JSONDecodeError:
             return "json"
+    if ext == "json":
+        return "json"
     if ext != "text" and stripped.startswith(("conversations:", "categories:")):
         return "yaml"
     if ext == "tsv":
@@ -354,6 +378,21 @@ def chatterbot_files(name: str) -> list[Path]:
     return files
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """Files with a corpus extension under `folder`, recursively, leaving out hidden files and
+    folders (.git, the temporary directories of a run in progress) and the datasets that
+    `chitchat preprocess` writes (their manifest.json and tokenizer files are not corpora)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        d = Path(dirpath)
+        if (d / "manifest.json").is_file() and (d / "tokens.bin").is_file():
+            dirnames[:] = []
+            continue
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        found.extend(d / n for n in filenames if not n.startswith(".") and Path(n).suffix.lower() in _EXTENSIONS)
+    return sorted(q for q in found if q.is_file())
+
+
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     """Files, folders (searched recursively for known extensions), globs and `chatterbot:LANG`."""
     paths: list[Path] = []
@@ -367,7 +406,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in _EXTENSIONS)
+                found = _folder_files(p)
                 if not found:
                     raise ChitchatError(f"{p}: folder holds no corpus file ({', '.join(sorted(_EXTENSIONS))})")
                 paths.extend(found)
