@@ -25,6 +25,8 @@ chat: install
 
 bench: install
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/chat.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,6 +13,8 @@ from chitchat.errors import ChitchatError
 COMMANDS = {
     "preprocess": ("chitchat.preprocess", "turn dialogue corpora into token windows for training"),
     "vocab": ("chitchat.vocab_cli", "build the character vocabulary (vocab.txt)"),
+    "chat": ("chitchat.chat", "chat in the terminal (the default model is trained on first use)"),
+    "train": ("chitchat.train", "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
 }
 
 

@@ -14,12 +14,18 @@ from pathlib import Path
 from chitchat.errors import ChitchatError
 from chitchat.tokenizer import CLS, PAD, SEP, check_tokenizer, load_tokenizer
 
+# "gelu_pytorch_tanh" is GPT-2's tanh-approximated GELU ("gelu_new") as one fused kernel.
+# tiny and small train without dropout: on a CPU it costs about 15% of a training step, and with
+# short runs on small corpora it did not lower the valid loss (early stopping on the valid loss
+# guards against over-fitting); base keeps GPT-2's 0.1. `--config` can set it back.
+_FAST = dict(activation_function="gelu_pytorch_tanh")
+_NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 PRESETS: dict[str, dict] = {
     # seconds per epoch on a small corpus; tests and the default model
-    "tiny": dict(n_layer=2, n_embd=128, n_head=4, n_positions=256),
-    "small": dict(n_layer=4, n_embd=256, n_head=4, n_positions=512),
+    "tiny": dict(n_layer=2, n_embd=128, n_head=4, n_positions=256, **_FAST, **_NO_DROPOUT),
+    "small": dict(n_layer=4, n_embd=256, n_head=4, n_positions=512, **_FAST, **_NO_DROPOUT),
     # GPT2-chitchat's size
-    "base": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024),
+    "base": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, **_FAST),
 }
 
 

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Chat latency: the engine against a naive baseline that mirrors GPT2-chitchat's algorithm.
+
+Shape (issue 4): `small` preset with random weights, an MMI model of the same preset, a history of 3
+utterances (59 tokens with [CLS] and the [SEP]s), replies of exactly 25 tokens (min_len = max_len, so
+that timing does not depend on the weights). Measured: one reply with 5 candidates ranked by MMI,
+and one reply with 1 candidate and no MMI, fp32 and int8; the naive baseline (the model re-run over
+the whole sequence at every step, MMI candidates scored one at a time, as GPT2-chitchat's
+interact_mmi.py does) for 5 candidates with MMI; and, for reference, `transformers`' `generate` with
+its key/value cache for 1 candidate. Ends with one JSON line.
+
+    .venv/bin/python bench/chat.py [--runs 30] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from chitchat.generate import Engine, SamplingConfig  # noqa: E402
+from chitchat.modeling import build_model  # noqa: E402
+from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer  # noqa: E402
+
+HISTORY = [
+    "今天下班以后我们去楼下新开的火锅店吧",  # 18 characters
+    "好啊不过听说那家店排队的人特别多要等很久",  # 20
+    "那我们早点过去先拿个号再去旁边逛逛",  # 17: with [CLS] and 3 [SEP], 59 tokens
+]
+REPLY_LEN = 25
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+def timed(fn, runs: int, warmup: int = 3) -> list[float]:
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn(warmup + i)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def naive_reply(model, mmi_model, tokenizer, history: list[str], candidates: int, max_len: int, top_k: int, seed: int) -> str:
+    """GPT2-chitchat's interact_mmi.py loop: no cache (the whole sequence is re-read at every step),
+    its per-row repetition penalty and temperature (at their defaults, 1.0), top-k sampling, then each
+    candidate scored alone by the MMI model's loss over the whole sequence."""
+    cls_id, sep_id, unk_id = (tokenizer.convert_tokens_to_ids(t) for t in (CLS, SEP, UNK))
+    gen = torch.Generator().manual_seed(seed)
+    history_ids = [tokenizer.encode(u, add_special_tokens=False) for u in history]
+    input_ids = [cls_id]
+    for u in history_ids:
+        input_ids.extend(u)
+        input_ids.append(sep_id)
+    with torch.no_grad():
+        curr = torch.tensor([input_ids] * candidates, dtype=torch.long)
+        generated = []
+        for _ in range(max_len):
+            logits = model(input_ids=curr).logits[:, -1, :]
+            for index in range(candidates):  # its repetition penalty (1.0 by default), row by row
+                for token_id in set(int(step[index]) for step in generated):
+                    logits[index][token_id] /= 1.0
+            logits = logits / 1.0  # temperature
+            logits[:, unk_id] = -float("inf")
+            logits[:, sep_id] = -float("inf")  # exactly max_len tokens, as the engine's min_len = max_len
+            top = torch.topk(logits, top_k)[0][..., -1, None]
+            logits[logits < top] = -float("inf")
+            next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=gen)
+            generated.append(next_token)
+            curr = torch.cat((curr, next_token), dim=-1)
+        replies = torch.cat(generated, dim=1).tolist()
+        best, best_loss = None, float("inf")
+        for reply in replies:
+            mmi_ids = [cls_id, *reply, sep_id]
+            for u in reversed(history_ids):
+                mmi_ids.extend(u)
+                mmi_ids.append(sep_id)
+            t = torch.tensor(mmi_ids, dtype=torch.long)[None]
+            loss = mmi_model(input_ids=t, labels=t).loss.item()
+            if loss < best_loss:
+                best, best_loss = reply, loss
+    return tokenizer.decode(best)
+
+
+def hf_generate(model, tokenizer, history: list[str], max_len: int, top_k: int, seed: int) -> None:
+    cls_id, sep_id = (tokenizer.convert_tokens_to_ids(t) for t in (CLS, SEP))
+    ids = [cls_id]
+    for u in history:
+        ids.extend(tokenizer.encode(u, add_special_tokens=False))
+        ids.append(sep_id)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                       do_sample=True, top_k=top_k, top_p=1.0, min_new_tokens=max_len, max_new_tokens=max_len,
+                       eos_token_id=sep_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=30, help="timed replies per measurement (default 30)")
+    p.add_argument("--naive-runs", type=int, default=5, help="timed replies of the naive baseline (default 5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the engine and the baselines (default 1)")
+    p.add_argument("--preset", default="small")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)  # the naive baseline and transformers' generate run with the same
+    tokenizer = load_tokenizer(DEFAULT_VOCAB)
+    model = build_model(tokenizer, args.preset, seed=0).eval()
+    mmi_model = build_model(tokenizer, args.preset, seed=1).eval()
+    mmi5 = SamplingConfig(candidates=5, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8)
+    single = SamplingConfig(candidates=1, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8)
+    engine = Engine(model, tokenizer, mmi_model, threads=args.threads)
+    context_tokens = len(engine.context_ids([engine.encode(u) for u in HISTORY]))
+    check = engine.reply(HISTORY, mmi5, seed=0)
+    assert check.ranking == "mmi" and all(len(c.ids) == REPLY_LEN for c in check.candidates)
+    print(f"preset {args.preset}, threads {torch.get_num_threads()}, history {len(HISTORY)} utterances "
+          f"({context_tokens} tokens), replies {REPLY_LEN} tokens", file=sys.stderr)
+
+    results = {}
+    for suffix, eng in (("", engine), ("_int8", Engine(model, tokenizer, mmi_model, int8=True, threads=args.threads))):
+        t = timed(lambda i: eng.reply(HISTORY, mmi5, seed=i), args.runs)
+        results[f"mmi5{suffix}"] = t
+        t = timed(lambda i: eng.reply(HISTORY, single, seed=i, mmi=False), args.runs)
+        results[f"single{suffix}"] = t
+        print(f"engine{suffix or ' fp32'}: 5 candidates + MMI p50 {percentile(results['mmi5' + suffix], 50):.1f} ms "
+              f"p95 {percentile(results['mmi5' + suffix], 95):.1f} ms; 1 candidate p50 {percentile(t, 50):.1f} ms "
+              f"p95 {percentile(t, 95):.1f} ms", file=sys.stderr)
+    hf = timed(lambda i: hf_generate(model, tokenizer, HISTORY, REPLY_LEN, 8, i), max(3, args.naive_runs), warmup=1)
+    print(f"transformers generate (KV cache), 1 candidate: p50 {percentile(hf, 50):.1f} ms", file=sys.stderr)
+    naive = timed(lambda i: naive_reply(model, mmi_model, tokenizer, HISTORY, 5, REPLY_LEN, 8, i), args.naive_runs, warmup=1)
+    naive_p50 = percentile(naive, 50)
+    print(f"naive (GPT2-chitchat) 5 candidates + MMI: p50 {naive_p50:.1f} ms", file=sys.stderr)
+    line = {
+        "bench": "chat",
+        "p50_ms_mmi5": round(percentile(results["mmi5"], 50), 1),
+        "p95_ms_mmi5": round(percentile(results["mmi5"], 95), 1),
+        "p50_ms_single": round(percentile(results["single"], 50), 1),
+        "p95_ms_single": round(percentile(results["single"], 95), 1),
+        "naive_p50_ms_mmi5": round(naive_p50, 1),
+        "speedup_vs_naive_mmi5": round(naive_p50 / percentile(results["mmi5"], 50), 1),
+        "p50_ms_mmi5_int8": round(percentile(results["mmi5_int8"], 50), 1),
+        "p50_ms_single_int8": round(percentile(results["single_int8"], 50), 1),
+    }
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Chat with the bot in the terminal: `chitchat chat` (and `python interact.py`).
+
+On a terminal: a prompt_toolkit prompt with line editing and a persistent input history; Ctrl-C
+cancels the line being typed or the reply being computed, Ctrl-D or /quit ends. When standard input
+is not a terminal, each input line gets one reply on its own output line, with no prompt and no
+colour (blank lines get none), so the bot can be scripted. Slash commands work in both modes.
+On exit the transcript is written as JSON lines.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, TextIO
+
+from chitchat.errors import ChitchatError
+from chitchat.session import ChatSettings, Session, default_transcript_path, user_data_dir
+
+HELP = """commands:
+  /help               this help
+  /reset              forget the dialogue so far
+  /history            the utterances the bot sees now
+  /candidates         the last turn's candidates and their scores (lower is better)
+  /set                list the settings
+  /set NAME VALUE     change one: temperature, topk, topp, repetition_penalty, no_repeat_ngram_size,
+                      min_len, max_len, candidates, mmi on|off, max_history, seed
+  /save [PATH]        write the transcript now (default: the transcript file)
+  /quit               end (Ctrl-D too)"""
+
+Emit = Callable[[str, str], None]  # (text, kind): kind is "bot", "info" or "error"
+
+
+def _setting(v) -> str:
+    return ("on" if v else "off") if isinstance(v, bool) else str(v)
+
+
+def _score(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+class Repl:
+    """The line handler shared by the terminal and the non-terminal modes."""
+
+    def __init__(self, session: Session, emit: Emit, transcript: Path | None = None):
+        self.session = session
+        self.emit = emit
+        self.transcript = transcript
+
+    def handle(self, line: str) -> bool:
+        """Answer one input line; False when the session should end."""
+        text = line.strip()
+        if not text:
+            return True
+        if text.startswith("/"):
+            try:
+                return self.command(text)
+            except ChitchatError as e:
+                self.emit(f"error: {e}", "error")
+                return True
+        turn = self.session.respond(text)
+        if turn is not None:
+            self.emit(turn.bot, "bot")
+        return True
+
+    def command(self, text: str) -> bool:
+        name, _, rest = text[1:].partition(" ")
+        name, rest = name.lower(), rest.strip()
+        session = self.session
+        if name in ("quit", "exit", "q"):
+            return False
+        if name in ("help", "h", "?"):
+            self.emit(HELP, "info")
+        elif name == "reset":
+            session.reset()
+            self.emit("(the dialogue is forgotten)", "info")
+        elif name == "history":
+            context = session.context()
+            first_speaker = len(session.history) - len(context)  # history alternates user, bot
+            lines = [f"{'you' if (first_speaker + i) % 2 == 0 else 'bot'}: {u}" for i, u in enumerate(context)]
+            self.emit("\n".join(lines) if lines else "(no history)", "info")
+        elif name == "candidates":
+            self.emit(self.candidates_text(), "info")
+        elif name == "set":
+            if not rest:
+                s = session.settings.to_dict()
+                self.emit("  ".join(f"{k} {_setting(v)}" for k, v in s.items()), "info")
+            else:
+                key, _, value = rest.partition(" ")
+                if not value.strip():
+                    raise ChitchatError("usage: /set NAME VALUE")
+                self.emit(session.set(key, value), "info")
+        elif name == "save":
+            target = Path(rest).expanduser() if rest else self.transcript
+            if target is None:
+                raise ChitchatError("usage: /save PATH")
+            self.emit(f"transcript written to {session.save(target)}", "info")
+        else:
+            raise ChitchatError(f"unknown command /{name} (/help lists them)")
+        return True
+
+    def candidates_text(self) -> str:
+        if not self.session.turns:
+            return "(no turn yet)"
+        turn = self.session.turns[-1]
+        lines = [f"ranked by {turn.ranking}; scores are mean negative log-likelihoods per token"]
+        for i, c in enumerate(turn.candidates):
+            mark = "*" if i == turn.chosen else " "
+            lines.append(f"{mark} {i + 1}. mmi {_score(c.mmi):>7}  nll {_score(c.nll):>7}  {c.text or '(empty)'}"
+                         + ("" if c.finished else "  (cut at max_len)"))
+        return "\n".join(lines)
+
+
+def run_lines(repl: Repl, lines: Iterable[str]) -> None:
+    """Non-terminal mode: each line in, at most one reply out."""
+    for raw in lines:
+        if not repl.handle(raw.rstrip("\r\n")):
+            return
+
+
+def stream_emitter(out: TextIO) -> Emit:
+    def emit(text: str, kind: str) -> None:
+        out.write(text + "\n")
+        out.flush()
+    return emit
+
+
+def terminal_emitter(output=None) -> Emit:
+    from prompt_toolkit import print_formatted_text
+    from prompt_toolkit.formatted_text import FormattedText
+
+    styles = {"bot": "ansigreen", "info": "ansibrightblack", "error": "ansired"}
+
+    def emit(text: str, kind: str) -> None:
+        prefix = [("ansigreen bold", "bot> ")] if kind == "bot" else []
+        print_formatted_text(FormattedText(prefix + [(styles.get(kind, ""), text)]), output=output)
+    return emit
+
+
+def run_terminal(repl: Repl, *, input=None, output=None, history_file: Path | None = None) -> None:
+    """Terminal mode on prompt_toolkit (`input`/`output` let tests drive it through a pipe)."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    history = InMemoryHistory()
+    if history_file is not None:
+        try:
+            history_file.parent.mkdir(parents=True, exist_ok=True)
+            history = FileHistory(str(history_file))
+        except OSError:
+            pass
+    prompt = PromptSession(history=history, input=input, output=output)
+    while True:
+        try:
+            line = prompt.prompt([("ansicyan bold", "you> ")])
+        except KeyboardInterrupt:  # Ctrl-C while typing: drop the line
+            continue
+        except EOFError:  # Ctrl-D
+            return
+        try:
+            if not repl.handle(line):
+                return
+        except KeyboardInterrupt:  # Ctrl-C while the reply is computed
+            repl.emit("(reply cancelled)", "info")
+
+
+def add_arguments(p) -> None:
+    from chitchat.chat_options import add_sampling_arguments
+
+    p.add_argument("--model", metavar="DIR",
+                   help="dialogue model or training run directory; none: the default model, trained on first use")
+    p.add_argument("--mmi-model", metavar="DIR",
+                   help="MMI model for reranking; with no --model, the default MMI model")
+    p.add_argument("--no-mmi", action="store_true", help="do not load an MMI model: rank by the dialogue model's likelihood")
+    p.add_argument("--max-history-len", type=int, default=ChatSettings().max_history_len, metavar="N",
+                   help="utterances of dialogue the model sees, the new one included")
+    p.add_argument("--seed", type=int, default=None, help="seed: the same seed and inputs give the same replies")
+    p.add_argument("--transcript", type=Path, metavar="PATH",
+                   help="transcript file written on exit; none: transcripts/ in the user data directory")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--int8", action="store_true", help="int8 weights for the linear and output layers (CPU)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads the engine uses (1 suits a CPU shared with other work)")
+    add_sampling_arguments(p)
+
+
+def load_engine(args, say: Callable[[str], None]):
+    from chitchat.generate import Engine
+
+    model, mmi = args.model, None if args.no_mmi else args.mmi_model
+    if model is None:
+        from chitchat.default_model import ensure_default_model
+
+        model, default_mmi = ensure_default_model(say=say)
+        if not args.no_mmi and mmi is None:
+            mmi = default_mmi
+    return Engine.load(model, mmi, int8=args.int8, device=args.device, threads=args.threads)
+
+
+def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    from chitchat.chat_options import sampling_from_args
+
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    interactive = stdin.isatty() and stdout.isatty()
+    if args.threads is not None and args.threads < 1:
+        raise ChitchatError("--threads must be >= 1")
+    settings = ChatSettings(sampling_from_args(args), mmi=not args.no_mmi, max_history_len=args.max_history_len,
+                            seed=args.seed).validate()
+
+    def say(text: str) -> None:  # start-up notices: on the terminal, or on stderr when scripted
+        print(text, file=sys.stderr if not interactive else stdout, flush=True)
+
+    engine = load_engine(args, say)
+    session = Session(engine, settings)
+    engine.context_budget(settings.sampling.max_len)
+    if engine.mmi is None:
+        say("no MMI model: candidates are ranked by the dialogue model's own likelihood")
+    transcript = args.transcript or default_transcript_path()
+    repl = Repl(session, terminal_emitter() if interactive else stream_emitter(stdout), transcript)
+    try:
+        if interactive:
+            say(f"chitchat: model {engine.model_path}" + (f", MMI {engine.mmi_path}" if engine.mmi else "")
+                + (", int8" if engine.int8 else "") + ". /help for commands, Ctrl-D to quit.")
+            run_terminal(repl, history_file=user_data_dir() / "input_history")
+        else:
+            for stream in (stdin, stdout):  # UTF-8 whatever the locale; undecodable input bytes become U+FFFD
+                if hasattr(stream, "reconfigure"):
+                    stream.reconfigure(encoding="utf-8", errors="replace")
+            run_lines(repl, stdin)
+    finally:
+        if any("user" in r for r in session.records):
+            say(f"transcript written to {session.save(transcript)}")
+    return 0

@@ -1,0 +1,88 @@
+"""Process group for `torchrun --nproc_per_node N -m chitchat train ...` (DistributedDataParallel).
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them training is
+a single process. The backend is gloo on CPU and NCCL on CUDA. Rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from chitchat.errors import ChitchatError
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    initialised_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum_(self, tensor):
+        """In-place sum over ranks (a no-op in a single process)."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def max_(self, tensor):
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def close(self) -> None:
+        if self.initialised_here:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def env_world() -> tuple[int, int, int, int]:
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    except ValueError:
+        raise ChitchatError("RANK / WORLD_SIZE / LOCAL_RANK in the environment are not integers") from None
+    return rank, world, local_rank, local_world
+
+
+def init_distributed(device_type: str) -> DistContext:
+    rank, world, local_rank, local_world = env_world()
+    if world <= 1:
+        return DistContext()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, local_world)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.set_device(local_rank)
+    try:
+        dist.init_process_group(backend=backend)
+    except (RuntimeError, ValueError) as e:
+        raise ChitchatError(f"cannot join the process group ({backend}): {str(e).splitlines()[0]}") from None
+    return DistContext(rank, world, local_rank, local_world, initialised_here=True)
