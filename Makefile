@@ -27,6 +27,8 @@ bench: install
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/chat.py
+	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

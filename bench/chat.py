@@ -9,13 +9,14 @@ the whole sequence at every step, MMI candidates scored one at a time, as GPT2-c
 interact_mmi.py does) for 5 candidates with MMI; and, for reference, `transformers`' `generate` with
 its key/value cache for 1 candidate. Ends with one JSON line.
 
-    .venv/bin/python bench/chat.py [--runs 30] [--threads N]
+    .venv/bin/python bench/chat.py [--runs 30] [--threads N]  (default: one thread per core)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -111,8 +112,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=30, help="timed replies per measurement (default 30)")
     p.add_argument("--naive-runs", type=int, default=5, help="timed replies of the naive baseline (default 5)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for the engine and the baselines (default 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads for the engine and the baselines (default: one per core, as the "
+                        "targets are set for this machine's cores)")
     p.add_argument("--preset", default="small")
     args = p.parse_args()
     torch.set_num_threads(args.threads)  # the naive baseline and transformers' generate run with the same

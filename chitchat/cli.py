@@ -15,13 +15,15 @@ COMMANDS = {
     "vocab": ("chitchat.vocab_cli", "build the character vocabulary (vocab.txt)"),
     "chat": ("chitchat.chat", "chat in the terminal (the default model is trained on first use)"),
     "train": ("chitchat.train", "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
+    "eval": ("chitchat.evaluate", "score models on a dialogue dataset (perplexity, BLEU, distinct-n, F1, ...)"),
+    "serve": ("chitchat.serve", "serve the bot over HTTP (FastAPI on uvicorn)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chitchat",
-        description="Multi-turn Chinese chitchat: preprocess corpora, train GPT-2 dialogue and MMI models, chat.",
+        description="Multi-turn Chinese chitchat: preprocess corpora, train GPT-2 dialogue and MMI models, chat, evaluate, serve.",
     )
     parser.add_argument("--version", action="version", version=f"chitchat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

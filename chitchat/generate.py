@@ -3,11 +3,19 @@
 No terminal code here: the chat REPL, the evaluator and the server all drive `Engine`.
 
 - `FastGPT2` runs GPT-2 inference over weights taken once from a `transformers` model: fused QKV,
-  weights contiguous in the layout the matmul wants, a preallocated key/value cache, no autograd and
-  no framework bookkeeping. At batch 1 a decode step is bound by reading the weights and by per-op
-  overhead; `transformers`' own `generate` with its cache takes 2 to 3 times as long for one reply
+  weights contiguous in the layout the matmul wants, no autograd and no framework bookkeeping.
+  `transformers`' own `generate` with its cache takes 2 to 3 times as long for one reply
   (bench/chat.py prints both; torch.compile made a step slower and took 40 s to compile, so it is
   not used). `tests/test_generate.py` checks the logits against `transformers`.
+- A decode step (`FastGPT2.step`, one token per row) reads every weight once: about 20 MB at the
+  small preset in fp32, more than this machine's cache keeps (a cyclic read slows down past about
+  16 MB here), so fp32 steps stream from memory and int8 ones (5 MB) stay in the cache. Hence: the
+  weights sit in one block of 2 MB pages (`_page_backed`: fewer TLB misses, 15-25% faster streaming
+  here); products of 1 to 32 rows use an (out, in) copy in two blocks, which streams 1.4 to 1.9
+  times faster than MKL's few-row sgemm and lets 2 threads each stream half (`Fp32Linear`); the
+  key/value cache buffer is kept between calls; and per-row bookkeeping stays in Python lists
+  instead of a dozen tiny tensor ops a step. Large products (prefill, MMI scoring) are
+  compute-bound and use the plain (in, out) layout.
 - `Engine.generate` samples `candidates` replies for each of several histories: histories are
   left-padded into one batch, each is read once (prefill), its cache rows are shared by its
   candidates, and every step feeds one new token per row. A candidate ends at [SEP] or at `max_len`.
@@ -21,12 +29,15 @@ No terminal code here: the chat REPL, the evaluator and the server all drive `En
   token's probability when other seen tokens are lowered more.)
 - MMI: each candidate is scored by the MMI model's mean negative log-likelihood of the reversed
   history given the candidate, `[CLS] candidate [SEP] u_n [SEP] ... u_1 [SEP]`, counted on the
-  history tokens only (their [SEP]s included), all candidates in one right-padded batch.
+  history tokens only (their [SEP]s included), all candidates in one right-padded batch. Only the
+  positions that are scored go through the last layer's attention output and MLP, and the output
+  layer (about a third of the work) only at them.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -159,6 +170,43 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return y.mul_(_GELU_C * 0.044715).add_(_GELU_C).mul_(x).sigmoid_().mul_(x)
 
 
+_HUGE_PAGE = 2 << 20
+_SPARE_CACHE_BYTES = 64 << 20  # a larger key/value cache (a big batch) is not kept between calls
+_NLL_ROWS = 320  # rows of logits at a time in sequence_nll (see FastGPT2._nll)
+_NLL_ROWS_INT8 = 32
+
+
+def _page_backed(numel: int) -> torch.Tensor:
+    """An uninitialised fp32 CPU tensor of `numel` elements in memory the kernel is asked to back with
+    2 MB pages (transparent huge pages, Linux; elsewhere an ordinary tensor). A decode step streams
+    every weight once, about 20 MB at the small preset in fp32, more than this CPU's cache keeps:
+    with 4 KB pages that is 5,000 TLB misses a step, and a cyclic read of 20-30 MB ran 15-25%
+    faster here from 2 MB pages."""
+    madvise = getattr(mmap, "MADV_HUGEPAGE", None)
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if madvise is None or not flags or numel * 4 < _HUGE_PAGE:
+        return torch.empty(numel)
+    try:
+        region = mmap.mmap(-1, numel * 4 + _HUGE_PAGE, flags=flags)
+        region.madvise(madvise)
+    except (OSError, ValueError):
+        return torch.empty(numel)
+    raw = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` alive as long as any view of it
+    start = -raw.data_ptr() % _HUGE_PAGE
+    return raw[start:start + numel * 4].view(torch.float32)
+
+
+def _pack(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of fp32 CPU `tensors`, contiguous, side by side (64-byte aligned) in one page-backed block."""
+    sizes = [(t.numel() + 15) // 16 * 16 for t in tensors]
+    block = _page_backed(sum(sizes))
+    out, at = [], 0
+    for t, size in zip(tensors, sizes):
+        out.append(block[at:at + t.numel()].view(t.shape).copy_(t))
+        at += size
+    return out
+
+
 class FastGPT2:
     """GPT-2 inference (fp32 or int8 weights) over the weights of a `transformers` GPT2LMHeadModel.
     The weights are detached copies: no call records an autograd graph."""
@@ -203,26 +251,88 @@ class FastGPT2:
                 linear(sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"]),
                 linear(sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"]),
             ))
+        if self.device.type == "cpu":
+            self._pack_weights()
+        self._spare: list[torch.Tensor] = []  # a key/value cache buffer kept for the next call
+        self._scratch: torch.Tensor | None = None  # sequence_nll's logits and log-softmax (CPU, fp32)
+
+    def _pack_weights(self) -> None:
+        """Move every fp32 tensor a decode step reads (all but the embedding table, of which it reads
+        a row per token) into one page-backed block."""
+        holders = [lin for layer in self.layers for lin in layer if isinstance(lin, Fp32Linear)]
+        if isinstance(self.head, Fp32Linear):
+            holders.append(self.head)
+        tensors = [self.wpe, *[t for layer in self.layers for pair in (layer[0], layer[3]) for t in pair],
+                   *self.ln_f]
+        for lin in holders:
+            tensors += [t for t in (lin.weight, lin.bias) if t is not None]
+        packed = iter(_pack(tensors))
+        self.wpe = next(packed)
+        self.layers = [((next(packed), next(packed)), qkv, out, (next(packed), next(packed)), fc, fc_out)
+                       for _, qkv, out, _, fc, fc_out in self.layers]
+        self.ln_f = (next(packed), next(packed))
+        for lin in holders:
+            lin.weight = next(packed)
+            if lin.bias is not None:
+                lin.bias = next(packed)
+
+    def prepare_decode(self, one_row: bool) -> None:
+        """Ready the (out, in) layouts that decode steps use (see Fp32Linear), made on first use in a
+        page-backed block of their own (a model that never decodes, the MMI model, does not hold
+        them); `one_row`: one-row products use them too (right with 2 threads or more)."""
+        linears = [lin for layer in self.layers for lin in layer if isinstance(lin, Fp32Linear)]
+        if isinstance(self.head, Fp32Linear):
+            linears.append(self.head)
+        if any(lin.blocks is None for lin in linears):
+            parts = [lin.transposed() for lin in linears]
+            flat = [t for p in parts for t in p]
+            packed = iter(_pack(flat) if self.device.type == "cpu" else flat)
+            for lin, p in zip(linears, parts):
+                lin.set_transposed([next(packed) for _ in p])
+        for lin in linears:
+            lin.one_row = one_row
 
     def new_cache(self, batch: int, length: int) -> list[torch.Tensor]:
         """Per layer, keys and values: (2, batch, heads, length, head_dim)."""
         return [torch.empty(2, batch, self.n_head, length, self.head_dim, device=self.device) for _ in range(self.n_layer)]
 
+    def borrow_cache(self, batch: int, length: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`new_cache` in a buffer kept from an earlier call when it is large enough (a fresh buffer
+        costs a page fault per 4 KB; a page-backed one is reused). Hand it back with `return_cache`."""
+        per_layer = 2 * batch * self.n_head * length * self.head_dim
+        try:
+            buffer = self._spare.pop()
+        except IndexError:
+            buffer = None
+        if buffer is None or buffer.numel() < per_layer * self.n_layer:
+            size = per_layer * self.n_layer
+            buffer = _page_backed(size) if self.device.type == "cpu" else torch.empty(size, device=self.device)
+        shape = (2, batch, self.n_head, length, self.head_dim)
+        return buffer, [buffer[i * per_layer:(i + 1) * per_layer].view(shape) for i in range(self.n_layer)]
+
+    def return_cache(self, buffer: torch.Tensor) -> None:
+        if not self._spare and buffer.numel() * buffer.element_size() <= _SPARE_CACHE_BYTES:
+            self._spare.append(buffer)
+
     def hidden(self, ids: torch.Tensor, positions: torch.Tensor, *, cache: list[torch.Tensor] | None = None,
-               start: int = 0, mask: torch.Tensor | None = None, keys: list | None = None) -> torch.Tensor:
+               start: int = 0, mask: torch.Tensor | None = None, keys: list | None = None,
+               skip: int = 0) -> torch.Tensor:
         """Final hidden states (B, S, D) of tokens `ids` (B, S) at `positions` (B, S).
 
         With `cache`, this chunk's keys/values are written at [start, start+S) and attention reads
         [0, start+S); otherwise the chunk attends to itself, causally. `mask` (bool, broadcastable to
         (B, 1, S, keys)) says which keys each query may see; None means all earlier ones. With `keys`
-        (a list), each layer's (2, B, H, S, Dh) keys/values are appended to it.
+        (a list), each layer's (2, B, H, S, Dh) keys/values are appended to it. With `skip` (no
+        `cache`), the first `skip` positions' final states are not wanted: the last layer computes
+        only their keys and values, and the result is (B, S - skip, D).
         """
         B, S = ids.shape
         D, H, Dh = self.d, self.n_head, self.head_dim
         x = (F.embedding(ids, self.wte) + F.embedding(positions, self.wpe)).view(B * S, D)
         causal = mask is None and S > 1
-        for (ln1, qkv_proj, out_proj, ln2, fc, fc_out), layer_cache in zip(
-                self.layers, cache if cache is not None else [None] * self.n_layer):
+        last = self.n_layer - 1
+        for i, ((ln1, qkv_proj, out_proj, ln2, fc, fc_out), layer_cache) in enumerate(zip(
+                self.layers, cache if cache is not None else [None] * self.n_layer)):
             h = F.layer_norm(x, (D,), ln1[0], ln1[1], self.eps)
             qkv = qkv_proj(h).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, S, Dh)
             if keys is not None:
@@ -232,11 +342,37 @@ class FastGPT2:
                 k, v = layer_cache[0, :, :, :start + S], layer_cache[1, :, :, :start + S]
             else:
                 k, v = qkv[1], qkv[2]
-            a = F.scaled_dot_product_attention(qkv[0], k, v, attn_mask=mask, is_causal=causal)
-            x = x + out_proj(a.transpose(1, 2).reshape(B * S, D))
+            if i == last and skip and cache is None:
+                # queries from `skip` on; causal from the bottom right (SDPA's is_causal aligns top left)
+                m = (torch.ones(S - skip, S, dtype=torch.bool, device=x.device).tril(skip) if mask is None
+                     else mask[..., skip:, :])
+                a = F.scaled_dot_product_attention(qkv[0, :, :, skip:], k, v, attn_mask=m)
+                S = S - skip
+                x = x.view(B, S + skip, D)[:, skip:].reshape(B * S, D)
+            else:
+                a = F.scaled_dot_product_attention(qkv[0], k, v, attn_mask=mask, is_causal=causal)
+            x = out_proj.residual(a.transpose(1, 2).reshape(B * S, D), x)
             h = F.layer_norm(x, (D,), ln2[0], ln2[1], self.eps)
-            x = x + fc_out(_gelu_tanh(fc(h)))
+            x = fc_out.residual(_gelu_tanh(fc(h)), x)
         return F.layer_norm(x, (D,), self.ln_f[0], self.ln_f[1], self.eps).view(B, S, D)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list[torch.Tensor], start: int,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`hidden` for one new token per row, as a decode step needs it, with fewer and smaller ops:
+        `tokens` and `positions` (B,), keys/values written at `start`, attention over [0, start];
+        `mask` (bool, (B, 1, 1, start + 1)) as in `hidden`. Returns (B, D)."""
+        B = tokens.shape[0]
+        D, H, Dh, eps = self.d, self.n_head, self.head_dim, self.eps
+        x = self.wte.index_select(0, tokens).add_(self.wpe.index_select(0, positions))
+        end = start + 1
+        for (ln1, qkv_proj, out_proj, ln2, fc, fc_out), layer_cache in zip(self.layers, cache):
+            qkv = qkv_proj(F.layer_norm(x, (D,), ln1[0], ln1[1], eps)).view(B, 3, H, Dh)
+            layer_cache[:, :, :, start] = qkv[:, 1:].transpose(0, 1)
+            a = F.scaled_dot_product_attention(qkv[:, 0, :, None], layer_cache[0, :, :, :end],
+                                               layer_cache[1, :, :, :end], attn_mask=mask)
+            x = out_proj.residual(a.view(B, D), x)
+            x = fc_out.residual(F.gelu(fc(F.layer_norm(x, (D,), ln2[0], ln2[1], eps)), approximate="tanh"), x)
+        return F.layer_norm(x, (D,), self.ln_f[0], self.ln_f[1], eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, D) hidden states -> (N, V) logits."""
@@ -253,24 +389,58 @@ class FastGPT2:
         width = max(len(s) for s in sequences)
         if width > self.n_positions:
             raise ChitchatError(f"sequence of {width} tokens exceeds the model's {self.n_positions} positions")
-        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        width -= 1  # the last token predicts nothing: the model reads one position less
         rows, cols, targets = [], [], []
         for i, (seq, start) in enumerate(zip(sequences, starts)):
-            ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-            for p in range(max(start, 1), len(seq)):
-                rows.append(i)
-                cols.append(p - 1)
-                targets.append(seq[p])
+            first = max(start, 1)
+            rows.extend([i] * max(len(seq) - first, 0))
+            cols.extend(range(first - 1, len(seq) - 1))
+            targets.extend(seq[first:])
+        if not rows:
+            return torch.full((n,), float("nan"))
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, :len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
         ids = ids.to(self.device)
         positions = torch.arange(width, device=self.device).expand(n, width)
-        h = self.hidden(ids, positions)
         rows_t = torch.tensor(rows, dtype=torch.long, device=self.device)
-        with torch.inference_mode():
-            logits = self.logits(h[rows_t, torch.tensor(cols, dtype=torch.long, device=self.device)])
-            nll = F.cross_entropy(logits, torch.tensor(targets, dtype=torch.long, device=self.device), reduction="none")
-            total = torch.zeros(n, device=self.device).index_add_(0, rows_t, nll)
-            count = torch.zeros(n, device=self.device).index_add_(0, rows_t, torch.ones_like(nll))
-            return (total / count).cpu()  # 0/0 -> NaN for a sequence with nothing to score
+        targets_t = torch.tensor(targets, dtype=torch.long, device=self.device)
+        skip = min(cols)  # no sequence scores a position before this one
+        cols_t = torch.tensor(cols, dtype=torch.long, device=self.device) - skip
+        h = self.hidden(ids, positions, skip=skip)[rows_t, cols_t]
+        nll = self._nll(h, targets_t)
+        total = torch.zeros(n, device=self.device).index_add_(0, rows_t, nll)
+        count = torch.zeros(n, device=self.device).index_add_(0, rows_t, torch.ones_like(nll))
+        return (total / count).cpu()  # 0/0 -> NaN for a sequence with nothing to score
+
+
+    def _nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """-log p(target) for each row of final hidden states `h` (R, D).
+
+        fp32 on the CPU: the logits and their log-softmax go to two buffers kept between calls, up to
+        320 rows at a time. The 290 rows of a chat turn's MMI scoring make 9 MB of logits and as much
+        log-softmax: as fresh tensors that was 4,500 page faults a call (the allocator hands blocks
+        that large back to the system), 4 to 6 ms here, and smaller slices make MKL's product slower
+        (5.3 ms for 128 rows, 8.5 for 290). int8: 32 rows at a time (fbgemm does worse with many
+        rows: 11 ms against 25 for all 290 at once on 1 thread)."""
+        R = h.shape[0]
+        if not (isinstance(self.head, Fp32Linear) and self.head.bias is None and self.device.type == "cpu"):
+            step = _NLL_ROWS_INT8 if self.int8 else _NLL_ROWS
+            return torch.cat([F.cross_entropy(self.logits(h[i:i + step]), targets[i:i + step], reduction="none")
+                              for i in range(0, R, step)])
+        rows = min(R, _NLL_ROWS)
+        size = rows * self.vocab_size
+        if self._scratch is None or self._scratch.numel() < 2 * size:
+            self._scratch = _page_backed(2 * size)
+        logits = self._scratch[:size].view(rows, self.vocab_size)
+        logp = self._scratch[size:2 * size].view(rows, self.vocab_size)
+        out = torch.empty(R)
+        for i in range(0, R, rows):
+            r = min(rows, R - i)
+            torch.mm(h[i:i + r], self.head.weight, out=logits[:r])
+            torch.log_softmax(logits[:r], 1, out=logp[:r])
+            torch.gather(logp[:r], 1, targets[i:i + r, None], out=out[i:i + r, None])
+        return out.neg_()
 
 
 class Engine:
@@ -281,7 +451,9 @@ class Engine:
         """`threads`: torch intra-op threads while the engine runs (None: torch's setting). The
         default is 1: a decoding step is a few dozen small ops, and on a CPU shared with other
         work a second OpenMP thread that gets descheduled stalls every op (measured here: 2 threads
-        made replies up to 10x slower while another process kept one of the 2 cores busy)."""
+        made replies up to 10x slower while another process kept one of the 2 cores busy). With the
+        CPU to itself, 2 threads (this machine's 2 cores) take about 30% off a reply with 5
+        candidates and MMI, 10 to 20% off one without (bench/chat.py runs one thread per core)."""
         self.tokenizer = tokenizer
         self.threads = threads
         self.model_path, self.mmi_path = model_path, mmi_path
@@ -453,40 +625,18 @@ class Engine:
             prefill_mask = prefill_mask[:, None]
             key_ok = torch.ones(B, total, dtype=torch.bool, device=dev)
             key_ok[:, :T0] = ctx_ok.repeat_interleave(n, 0)
-        cache = model.new_cache(B, total)
-        kv: list[torch.Tensor] = []
-        with torch_threads(self.threads):
-            h = model.hidden(ids, positions, mask=prefill_mask, keys=kv)
-            for layer_cache, layer_kv in zip(cache, kv):  # each context's keys, shared by its candidates
-                layer_cache.view(2, C, n, *layer_cache.shape[2:])[:, :, :, :, :T0] = layer_kv.unsqueeze(2)
-            logits = model.logits(h[:, -1]).repeat_interleave(n, 0)
-        next_pos = torch.tensor(lens, device=dev).repeat_interleave(n)[:, None]  # (B, 1)
-        out = torch.full((B, cfg.max_len), self.pad_id, dtype=torch.long, device=dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        length = torch.full((B,), cfg.max_len, dtype=torch.long, device=dev)
-        logp = torch.zeros(B, device=dev)
-        seen = torch.zeros(B, logits.shape[1], device=dev) if cfg.repetition_penalty != 1.0 else None
-        penalty = -math.log(cfg.repetition_penalty)
-        steps = 0
-        with torch_threads(self.threads):
-            for step in range(cfg.max_len):
-                log_probs = F.log_softmax(logits, dim=1)  # the model's own distribution, before sampling controls
-                tok = self._choose(logits, step, out, seen, cfg, gen)
-                logp += log_probs.gather(1, tok[:, None]).squeeze(1).masked_fill_(done, 0.0)
-                tok.masked_fill_(done, self.pad_id)
-                out[:, step] = tok
-                ended = tok == self.sep_id  # rows already done hold [PAD]
-                length.masked_fill_(ended, step)
-                done |= ended
-                steps = step + 1
-                if steps == cfg.max_len or bool(done.all()):
-                    break
-                if seen is not None:
-                    seen.scatter_(1, tok[:, None], penalty)
-                mask = None if key_ok is None else key_ok[:, None, None, :T0 + steps]
-                h = model.hidden(tok[:, None], next_pos + step, cache=cache, start=T0 + step, mask=mask)
-                logits = model.logits(h[:, 0])
-        out, length, done, logp = out[:, :steps].cpu(), length.tolist(), done.tolist(), logp.tolist()
+        buffer, cache = model.borrow_cache(B, total)
+        try:
+            with torch_threads(self.threads):
+                model.prepare_decode(one_row=torch.get_num_threads() > 1)
+                kv: list[torch.Tensor] = []
+                h = model.hidden(ids, positions, mask=prefill_mask, keys=kv, skip=T0 - 1)  # the last position's state
+                for layer_cache, layer_kv in zip(cache, kv):  # each context's keys, shared by its candidates
+                    layer_cache.view(2, C, n, *layer_cache.shape[2:])[:, :, :, :, :T0] = layer_kv.unsqueeze(2)
+                logits = model.logits(h[:, -1]).repeat_interleave(n, 0)
+                out, length, done, logp = self._decode(logits, cache, T0, lens, key_ok, cfg, gen)
+        finally:
+            model.return_cache(buffer)
         if not all(math.isfinite(x) for x in logp):
             raise ChitchatError("the dialogue model produced invalid (NaN or infinite) probabilities")
         result: list[list[Candidate]] = []
@@ -494,12 +644,52 @@ class Engine:
             row_candidates = []
             for j in range(n):
                 b = c * n + j
-                reply_ids = out[b, :length[b]].tolist()
+                reply_ids = out[b][:length[b]]
                 scored = length[b] + (1 if done[b] else 0)  # the closing [SEP] counts
                 row_candidates.append(Candidate(self.decode(reply_ids), reply_ids, -logp[b] / max(scored, 1),
                                                 finished=done[b]))
             result.append(row_candidates)
         return result
+
+    def _decode(self, logits: torch.Tensor, cache: list[torch.Tensor], T0: int, lens: list[int],
+                key_ok: torch.Tensor | None, cfg: SamplingConfig, gen: torch.Generator):
+        """The decode loop after the prefill: `logits` (B, V) of the first reply token. Returns each
+        row's tokens, reply length (without [SEP]), whether it ended with [SEP], and its summed
+        log-probability (the closing [SEP] included). Per-row bookkeeping stays in Python lists: at
+        chat batch sizes that is cheaper than a dozen tiny tensor ops per step."""
+        model, dev, n = self.fast, self.device, cfg.candidates
+        B = logits.shape[0]
+        positions = (torch.tensor(lens, device=dev).repeat_interleave(n)[:, None]
+                     + torch.arange(cfg.max_len, device=dev))  # (B, max_len): each row's position at each step
+        out = torch.full((B, cfg.max_len), self.pad_id, dtype=torch.long, device=dev)
+        done, length, logp = [False] * B, [cfg.max_len] * B, [0.0] * B
+        seen = torch.zeros(B, logits.shape[1], device=dev) if cfg.repetition_penalty != 1.0 else None
+        penalty = -math.log(cfg.repetition_penalty)
+        pad, sep = self.pad_id, self.sep_id
+        steps = 0
+        for step in range(cfg.max_len):
+            log_probs = F.log_softmax(logits, dim=1)  # the model's own distribution, before sampling controls
+            tok = self._choose(logits, step, out, seen, cfg, gen)
+            chosen = log_probs.gather(1, tok[:, None]).view(B).tolist()
+            toks = tok.tolist()
+            for b in range(B):
+                if done[b]:
+                    toks[b] = pad  # a finished row holds [PAD]
+                else:
+                    logp[b] += chosen[b]
+                    if toks[b] == sep:
+                        done[b], length[b] = True, step
+            if any(done):
+                tok = torch.tensor(toks, device=dev)
+            out[:, step] = tok
+            steps = step + 1
+            if steps == cfg.max_len or all(done):
+                break
+            if seen is not None:
+                seen.scatter_(1, tok[:, None], penalty)
+            mask = None if key_ok is None else key_ok[:, None, None, :T0 + steps]
+            logits = model.logits(model.step(tok, positions[:, step], cache, T0 + step, mask))
+        return out[:, :steps].tolist(), length, done, logp
 
     # -- MMI ----------------------------------------------------------------------------------
 

@@ -20,8 +20,11 @@ def chars(text: str) -> list[str]:
 
 @lru_cache(maxsize=65536)
 def _words(text: str) -> tuple[str, ...]:
+    import logging
+
     import jieba
 
+    jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict ..." chatter on stderr
     return tuple(w for w in jieba.lcut(text) if w.strip())
 
 

@@ -69,6 +69,11 @@ class ChatSettings:
     def to_dict(self) -> dict:
         return {**asdict(self.sampling), "mmi": self.mmi, "max_history_len": self.max_history_len, "seed": self.seed}
 
+    def visible(self, history: list) -> list:
+        """The utterances of `history` (the new one last) the model is given: the last `max_history_len`
+        (the engine then keeps the most recent that fit its positions). The chat and the server share it."""
+        return history[-self.max_history_len:]
+
 
 @dataclass
 class Turn:
@@ -103,7 +108,7 @@ class Session:
 
     def context(self, history: list[str] | None = None) -> list[str]:
         """The utterances the model sees: the last `max_history_len`, then the most recent that fit."""
-        history = (self.history if history is None else history)[-self.settings.max_history_len:]
+        history = self.settings.visible(self.history if history is None else history)
         ids = [self.engine.encode(u) for u in history]
         kept = self.engine.fit_history(ids, self.settings.sampling.max_len)
         cut = history[len(history) - len(kept):]
@@ -118,7 +123,7 @@ class Session:
             return None
         history = self.history + [user]
         s = self.settings
-        reply = self.engine.reply(history[-s.max_history_len:], s.sampling, mmi=s.mmi, generator=self.generator)
+        reply = self.engine.reply(s.visible(history), s.sampling, mmi=s.mmi, generator=self.generator)
         self.history = history + [reply.text]
         turn = Turn(_now(), text, reply.text, reply.candidates, reply.chosen, reply.ranking, s.to_dict())
         self.turns.append(turn)

@@ -14,20 +14,9 @@ import pytest
 from chitchat.chat import Repl, run, run_terminal
 from chitchat.cli import build_parser
 from chitchat.generate import Engine, SamplingConfig
-from chitchat.modeling import build_model, save_model
 from chitchat.session import ChatSettings, Session
-from chitchat.tokenizer import DEFAULT_VOCAB, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    tokenizer = load_tokenizer(DEFAULT_VOCAB)
-    save_model(build_model(tokenizer, "tiny", seed=1), tokenizer, root / "dialogue")
-    save_model(build_model(tokenizer, "tiny", seed=2), tokenizer, root / "mmi")
-    return root / "dialogue", root / "mmi"
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,73 @@ def test_cached_decoding_matches_full_forward(models):
     torch.testing.assert_close(torch.cat(steps), ref[19:29], atol=1e-4, rtol=1e-4)
 
 
+def test_decode_step_matches_full_forward(models):
+    """`FastGPT2.step` (the lean one-token path the decode loop uses) against the full forward."""
+    model = models[0]
+    fast = FastGPT2(model)
+    ids = torch.randint(5, 8000, (3, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids).logits
+    buffer, cache = fast.borrow_cache(3, 24)
+    h = fast.hidden(ids[:, :16], torch.arange(16).expand(3, 16), cache=cache, start=0)
+    steps = [fast.logits(h[:, -1])]
+    for t in range(16, 23):
+        steps.append(fast.logits(fast.step(ids[:, t], torch.full((3,), t), cache, t)))
+    fast.return_cache(buffer)
+    torch.testing.assert_close(torch.stack(steps, 1), ref[:, 15:23], atol=1e-4, rtol=1e-4)
+    again, cache = fast.borrow_cache(2, 10)  # the kept buffer is handed out again
+    assert again.data_ptr() == buffer.data_ptr() and cache[0].shape == (2, 2, fast.n_head, 10, fast.head_dim)
+
+
+def test_hidden_skip_computes_only_the_wanted_positions(models):
+    fast = FastGPT2(models[0])
+    ids = torch.randint(5, 8000, (2, 20), generator=torch.Generator().manual_seed(4))
+    positions = torch.arange(20).expand(2, 20)
+    full = fast.hidden(ids, positions)
+    torch.testing.assert_close(fast.hidden(ids, positions, skip=13), full[:, 13:], atol=1e-5, rtol=1e-5)
+    mask = torch.ones(20, 20, dtype=torch.bool).tril()[None, None]
+    torch.testing.assert_close(fast.hidden(ids, positions, mask=mask, skip=19), full[:, 19:], atol=1e-5, rtol=1e-5)
+
+
+def test_transposed_layout_matches_one_product():
+    from chitchat.quantize import Fp32Linear
+
+    for bias in (torch.randn(999), None):  # 999 outputs: one block, not two
+        for weight in (torch.randn(999, 64), torch.randn(1000, 64)):
+            b = None if bias is None else torch.randn(weight.shape[0])
+            plain, laid = Fp32Linear(weight, b, out_in=True), Fp32Linear(weight, b, out_in=True)
+            laid.set_transposed(laid.transposed())
+            for one_row in (False, True):
+                laid.one_row = one_row
+                for rows in (1, 5, 40):
+                    x, res = torch.randn(rows, 64), torch.randn(rows, weight.shape[0])
+                    torch.testing.assert_close(laid(x), plain(x), atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(laid.residual(x, res), plain(x) + res, atol=1e-5, rtol=1e-5)
+
+
+def test_two_threads_decode_the_same(tokenizer, models):
+    """With 2 threads one-row products take the (out, in) layout too: same greedy replies, same scores."""
+    greedy = SamplingConfig(top_k=1, candidates=1, max_len=10, min_len=10)
+    one, two = Engine(models[0], tokenizer, models[1]), Engine(models[0], tokenizer, models[1], threads=2)
+    a, b = one.reply(HISTORY, greedy, seed=0), two.reply(HISTORY, greedy, seed=0)
+    assert two.fast.head.one_row and not one.fast.head.one_row
+    assert a.candidates[0].ids == b.candidates[0].ids
+    assert a.candidates[0].nll == pytest.approx(b.candidates[0].nll, rel=1e-4)
+    assert a.candidates[0].mmi == pytest.approx(b.candidates[0].mmi, rel=1e-4)
+
+
+def test_int8_linear_matches_fp32_and_its_residual_form():
+    from chitchat.quantize import Int8Linear
+
+    weight, bias = torch.randn(300, 64) * 0.05, torch.randn(300)
+    lin = Int8Linear(weight, bias, out_in=True)
+    for rows in (1, 5, 40):
+        x, res = torch.randn(rows, 64), torch.randn(rows, 300)
+        ref = x @ weight.t() + bias
+        assert (lin(x) - ref).abs().max() < 0.02 * ref.abs().max()
+        torch.testing.assert_close(lin.residual(x, res), lin(x) + res, atol=1e-5, rtol=1e-5)
+
+
 def test_int8_logits_stay_close_to_fp32(models):
     model = models[0]
     ids = torch.randint(5, 8000, (1, 30), generator=torch.Generator().manual_seed(2))

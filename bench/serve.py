@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Server throughput: `chitchat serve` under 1 and 16 concurrent clients (issue 6).
+
+Builds random-weight `small` dialogue and MMI models (nothing is trained), starts `chitchat serve` on
+127.0.0.1 in a child process, waits for /healthz, then sends `--requests` POST /generate requests at
+concurrency 1 and at concurrency 16 (each client sends its next request when it has its reply) from
+a lean asyncio HTTP/1.1 client in this process. Replies are exactly `--reply-len` tokens (min_len =
+max_len, top-k 8) so that timing does not depend on the weights; the history is bench/chat.py's.
+Two workloads, each on its own server: `single` (1 candidate, no MMI: the least engine work a
+request can ask, so the figures show what the server's batching does) and `mmi5` (5 candidates
+ranked by MMI, the chat's default). Prints, per level, throughput (requests per second), p50 and
+p95 latency, errors and the mean batch the model worker made; ends with one JSON line whose
+headline keys are the first workload's, the other's prefixed with its name.
+
+    flock /tmp/chitchat-bench.lock .venv/bin/python bench/serve.py [--requests 200] [--workloads single,mmi5]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+HISTORY = ["今天下班以后我们去楼下新开的火锅店吧",
+           "好啊不过听说那家店排队的人特别多要等很久"]
+TEXT = "那我们早点过去先拿个号再去旁边逛逛"  # with the history: 59 tokens, as bench/chat.py
+WORKLOADS = {"single": (1, False), "mmi5": (5, True)}  # candidates per reply, MMI ranking
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))] if values else float("nan")
+
+
+def build_models(root: Path, preset: str) -> tuple[Path, Path]:
+    from chitchat.modeling import build_model, save_model
+    from chitchat.tokenizer import DEFAULT_VOCAB, load_tokenizer
+
+    tokenizer = load_tokenizer(DEFAULT_VOCAB)
+    for name, seed in (("dialogue", 0), ("mmi", 1)):
+        save_model(build_model(tokenizer, preset, seed=seed), tokenizer, root / name)
+    return root / "dialogue", root / "mmi"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(dialogue: Path, mmi: Path | None, port: int, candidates: int, args) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "chitchat", "serve", "--model", str(dialogue), "--host", "127.0.0.1",
+           "--port", str(port), "--min-len", str(args.reply_len), "--max-len", str(args.reply_len),
+           "--max-tokens", str(max(64, args.reply_len)), "--candidates", str(candidates), "--topk", "8",
+           "--threads", str(args.threads), "--log-level", "warning"]
+    cmd += ["--mmi-model", str(mmi)] if mmi else ["--no-mmi"]
+    if args.window_ms is not None:
+        cmd += ["--batch-window-ms", str(args.window_ms)]
+    if args.max_batch is not None:
+        cmd += ["--max-batch", str(args.max_batch)]
+    if args.int8:
+        cmd.append("--int8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("CHITCHAT_API_KEY", None)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench/serve.py: the server exited with status {proc.returncode}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("bench/serve.py: the server did not come up")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: POST a JSON body, read the response.
+    The load generator shares the 2 cores with the server, so it must cost little: httpx took 2 to 3 ms
+    of CPU a request here, which at concurrency 16 held each batch back by about 50 ms."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = next(int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:"))
+        return int(head[0].split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def load(port: int, concurrency: int, requests: int) -> dict:
+    """`requests` POST /generate from `concurrency` clients, each sending its next one on each reply."""
+    latencies: list[float] = []
+    errors = sent = 0
+    body = json.dumps({"text": TEXT, "history": HISTORY}).encode()
+
+    async def one_client():
+        nonlocal sent, errors
+        conn = Connection(port)
+        while sent < requests:
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                status, data = await conn.post("/generate", body)
+                ok = status == 200 and bool(json.loads(data).get("generated_text"))
+            except (OSError, EOFError, ValueError, StopIteration, asyncio.IncompleteReadError):
+                ok = False
+                conn.close()
+                conn = Connection(port)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            errors += not ok
+        conn.close()
+
+    info = f"http://127.0.0.1:{port}/info"
+    before = httpx.get(info).json()["worker"]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    after = httpx.get(info).json()["worker"]
+    calls = after["engine_calls"] - before["engine_calls"]
+    return {"throughput": requests / wall, "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "errors": errors, "mean_batch": (after["answered"] - before["answered"]) / max(calls, 1), "wall_s": wall}
+
+
+def measure(dialogue: Path, mmi: Path, workload: str, levels: list[int], args) -> dict[int, dict]:
+    candidates, use_mmi = WORKLOADS[workload]
+    port = free_port()
+    proc = start_server(dialogue, mmi if use_mmi else None, port, candidates, args)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        asyncio.run(load(port, 1, 5))  # warm-up
+        asyncio.run(load(port, max(levels), 2 * max(levels)))
+        results = {}
+        for c in levels:
+            results[c] = r = asyncio.run(load(port, c, args.requests))
+            print(f"{workload} concurrency {c:2d}: {r['throughput']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "
+                  f"p95 {r['p95_ms']:.0f} ms, errors {r['errors']}, mean batch {r['mean_batch']:.1f} "
+                  f"({args.requests} requests in {r['wall_s']:.1f} s)", file=sys.stderr)
+        return results
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default 200)")
+    p.add_argument("--concurrency", default="1,16", help="two levels, comma-separated (default 1,16)")
+    p.add_argument("--workloads", default="single,mmi5",
+                   help="single: 1 candidate, no MMI; mmi5: 5 candidates ranked by MMI (the chat's default); "
+                        "the first one fills the headline keys of the JSON line (default single,mmi5)")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--reply-len", type=int, default=25, help="tokens per reply (default 25)")
+    p.add_argument("--window-ms", type=float, help="the server's --batch-window-ms (default: the server's)")
+    p.add_argument("--max-batch", type=int, help="the server's --max-batch (default: the server's)")
+    p.add_argument("--threads", type=int, default=1, help="the server's --threads (default 1)")
+    p.add_argument("--int8", action="store_true", help="the server's --int8")
+    args = p.parse_args()
+    lo, hi = sorted(int(c) for c in args.concurrency.split(","))
+    workloads = args.workloads.split(",")
+    if not set(workloads) <= set(WORKLOADS):
+        p.error(f"workloads are {', '.join(WORKLOADS)}")
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="chitchat-bench-serve-") as tmp:
+        dialogue, mmi = build_models(Path(tmp), args.preset)
+        for w in workloads:
+            results[w] = measure(dialogue, mmi, w, [lo, hi], args)
+    print(f"preset {args.preset}, replies {args.reply_len} tokens, {args.requests} requests per level, "
+          f"threads {args.threads}{', int8' if args.int8 else ''}; load average {os.getloadavg()[0]:.2f}",
+          file=sys.stderr)
+    line: dict = {"bench": "serve"}
+    for k, w in enumerate(workloads):
+        r, prefix = results[w], "" if k == 0 else f"{w}_"
+        line.update({f"{prefix}throughput_c{lo}": round(r[lo]["throughput"], 2),
+                     f"{prefix}throughput_c{hi}": round(r[hi]["throughput"], 2),
+                     f"{prefix}p50_ms_c{hi}": round(r[hi]["p50_ms"], 1),
+                     f"{prefix}p95_ms_c{hi}": round(r[hi]["p95_ms"], 1)})
+        if k == 0:
+            line["errors"] = sum(x["errors"] for res in results.values() for x in res.values())
+        line[f"{prefix}speedup_c{hi}"] = round(r[hi]["throughput"] / r[lo]["throughput"], 2)
+    line["workload"] = workloads[0] + (" int8" if args.int8 else "")
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Server-side chat sessions of `chitchat serve`: a bounded store of bounded histories.
+
+The store holds at most `max_sessions` sessions: creating one more evicts the least recently used,
+and a session unused for `idle_s` seconds expires. Eviction removes whole sessions and touches
+nothing else: every session still held keeps its history. A session keeps only the utterances the
+model can see next turn (`max_history_len - 1`, as `ChatSettings` counts them), and its turns run
+one at a time (a per-session lock), so that each turn sees the previous one. Used from the event
+loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class ChatSession:
+    used: float
+    history: list[str] = field(default_factory=list)  # normalised utterances, oldest first
+    turns: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SessionStore:
+    def __init__(self, max_sessions: int, idle_s: float, max_history_len: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_sessions, self.idle_s, self.max_history_len = max_sessions, idle_s, max_history_len
+        self.clock = clock
+        self.items: OrderedDict[str, ChatSession] = OrderedDict()  # least recently used first
+        self.evicted = 0  # for the count bound
+        self.expired = 0  # for idle time
+
+    def __len__(self) -> int:
+        self.expire()
+        return len(self.items)
+
+    def expire(self) -> None:
+        now = self.clock()
+        while self.items:
+            sid, s = next(iter(self.items.items()))
+            if now - s.used <= self.idle_s:
+                break
+            del self.items[sid]
+            self.expired += 1
+
+    def create(self) -> str:
+        self.expire()
+        while len(self.items) >= self.max_sessions:
+            self.items.popitem(last=False)
+            self.evicted += 1
+        sid = uuid.uuid4().hex
+        self.items[sid] = ChatSession(used=self.clock())
+        return sid
+
+    def get(self, sid: str) -> ChatSession | None:
+        """The session (now the most recently used), or None: never created, deleted, evicted or expired."""
+        self.expire()
+        s = self.items.get(sid)
+        if s is not None:
+            s.used = self.clock()
+            self.items.move_to_end(sid)
+        return s
+
+    def record(self, sid: str, user: str, bot: str) -> ChatSession | None:
+        """Add a turn to the session, when it is still held."""
+        s = self.get(sid)
+        if s is not None:
+            keep = self.max_history_len - 1  # the next turn adds the user's new utterance
+            s.history = (s.history + [user, bot])[-keep:] if keep > 0 else []
+            s.turns += 1
+        return s
+
+    def delete(self, sid: str) -> bool:
+        return self.items.pop(sid, None) is not None

@@ -1,0 +1,18 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from chitchat.modeling import build_model, save_model
+from chitchat.tokenizer import DEFAULT_VOCAB, load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    """A random-weight `tiny` dialogue model and MMI model, saved: (dialogue dir, MMI dir)."""
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = load_tokenizer(DEFAULT_VOCAB)
+    save_model(build_model(tokenizer, "tiny", seed=1), tokenizer, root / "dialogue")
+    save_model(build_model(tokenizer, "tiny", seed=2), tokenizer, root / "mmi")
+    return root / "dialogue", root / "mmi"
