@@ -54,6 +54,23 @@ def timed(fn, runs: int, warmup: int = 3) -> list[float]:
     return out
 
 
+def busy_cores(window: float = 0.5) -> float | None:
+    """Cores kept busy by other processes over `window` seconds (Linux /proc/stat; None elsewhere)."""
+    def sample():
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 == total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def naive_reply(model, mmi_model, tokenizer, history: list[str], candidates: int, max_len: int, top_k: int, seed: int) -> str:
     """GPT2-chitchat's interact_mmi.py loop: no cache (the whole sequence is re-read at every step),
     its per-row repetition penalty and temperature (at their defaults, 1.0), top-k sampling, then each
@@ -117,6 +134,10 @@ def main() -> int:
                         "targets are set for this machine's cores)")
     p.add_argument("--preset", default="small")
     args = p.parse_args()
+    busy = busy_cores()
+    if busy is not None and busy > 0.3:  # with 2 threads each op waits for both: another process skews it a lot
+        print(f"warning: other processes kept {busy:.1f} cores busy just before the bench: "
+              "the figures will not be reliable", file=sys.stderr)
     torch.set_num_threads(args.threads)  # the naive baseline and transformers' generate run with the same
     tokenizer = load_tokenizer(DEFAULT_VOCAB)
     model = build_model(tokenizer, args.preset, seed=0).eval()
