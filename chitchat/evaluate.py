@@ -24,7 +24,7 @@ from chitchat.errors import ChitchatError
 from chitchat.generate import Engine, SamplingConfig
 from chitchat.metrics import char_f1, chars, perplexity, repeats_3gram, reply_metrics
 from chitchat.normalize import normalize
-from chitchat.readers import ReadStats, read_corpus
+from chitchat.readers import ReadStats, expand_inputs, read_corpus
 from chitchat.session import ChatSettings
 
 DEFAULT_MAX_HISTORY = ChatSettings.max_history_len  # the context the chat's bot sees
@@ -82,9 +82,8 @@ def sha256_file(path: Path) -> str:
 
 
 def model_hash(model_dir: str) -> str:
-    from chitchat.modeling import resolve_model_dir
-
-    d = resolve_model_dir(model_dir)
+    """Short hash of a loaded model directory's config, weights and tokenizer."""
+    d = Path(model_dir)
     h = hashlib.sha256()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if (d / name).is_file():
@@ -216,7 +215,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                      "max_history_len": cfg.max_history_len, "int8": cfg.int8, "device": cfg.device},
         "models": [{"path": e.model_path, "hash": model_hash(e.model_path)} for e in engines],
         "mmi_model": {"path": engines[0].mmi_path, "hash": model_hash(engines[0].mmi_path)} if cfg.mmi_model else None,
-        "data": [{"path": str(p), "sha256": sha256_file(p)} for p in _data_files(cfg.data)],
+        "data": [{"path": str(p), "sha256": sha256_file(p)} for p in expand_inputs(cfg.data)],
         "versions": _versions(),
     }
     write_outputs(cfg.output, report, cases, per_case)
@@ -231,12 +230,6 @@ def system_names(models: list[str]) -> list[str]:
         return p.parent.name if p.name in ("best", "last") else p.name
     names = [short(m) for m in models]
     return [n if names.count(n) == 1 else m for n, m in zip(names, models)]
-
-
-def _data_files(inputs: list[str]) -> list[Path]:
-    from chitchat.readers import expand_inputs
-
-    return expand_inputs(inputs)
 
 
 def _versions() -> dict:
