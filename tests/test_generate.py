@@ -79,18 +79,20 @@ def test_cached_decoding_matches_full_forward(models):
     torch.testing.assert_close(torch.cat(steps), ref[19:29], atol=1e-4, rtol=1e-4)
 
 
-def test_decode_step_matches_full_forward(models):
+@pytest.mark.parametrize("rows", [3, 12])  # 12 rows: oneDNN's products, where this PyTorch has them
+def test_decode_step_matches_full_forward(models, rows):
     """`FastGPT2.step` (the lean one-token path the decode loop uses) against the full forward."""
     model = models[0]
     fast = FastGPT2(model)
-    ids = torch.randint(5, 8000, (3, 24), generator=torch.Generator().manual_seed(3))
+    fast.prepare_decode(one_row=False)
+    ids = torch.randint(5, 8000, (rows, 24), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model(ids).logits
-    buffer, cache = fast.borrow_cache(3, 24)
-    h = fast.hidden(ids[:, :16], torch.arange(16).expand(3, 16), cache=cache, start=0)
+    buffer, cache = fast.borrow_cache(rows, 24)
+    h = fast.hidden(ids[:, :16], torch.arange(16).expand(rows, 16), cache=cache, start=0)
     steps = [fast.logits(h[:, -1])]
     for t in range(16, 23):
-        steps.append(fast.logits(fast.step(ids[:, t], torch.full((3,), t), cache, t)))
+        steps.append(fast.logits(fast.step(ids[:, t], torch.full((rows,), t), cache, t)))
     fast.return_cache(buffer)
     torch.testing.assert_close(torch.stack(steps, 1), ref[:, 15:23], atol=1e-4, rtol=1e-4)
     again, cache = fast.borrow_cache(2, 10)  # the kept buffer is handed out again
@@ -108,19 +110,24 @@ def test_hidden_skip_computes_only_the_wanted_positions(models):
 
 
 def test_transposed_layout_matches_one_product():
-    from chitchat.quantize import Fp32Linear
+    """Every path of Fp32Linear (two blocks, oneDNN's packed weight, the plain product) gives the
+    plain product, its residual form and its fused GELU form."""
+    from chitchat.quantize import _ONEDNN, Fp32Linear
 
+    gelu = lambda y: F.gelu(y, approximate="tanh")  # noqa: E731
     for bias in (torch.randn(999), None):  # 999 outputs: one block, not two
         for weight in (torch.randn(999, 64), torch.randn(1000, 64)):
             b = None if bias is None else torch.randn(weight.shape[0])
             plain, laid = Fp32Linear(weight, b, out_in=True), Fp32Linear(weight, b, out_in=True)
             laid.set_transposed(laid.transposed())
+            assert (laid.onednn is not None) == _ONEDNN
             for one_row in (False, True):
                 laid.one_row = one_row
-                for rows in (1, 5, 40):
+                for rows in (1, 5, 16, 40, 200):
                     x, res = torch.randn(rows, 64), torch.randn(rows, weight.shape[0])
                     torch.testing.assert_close(laid(x), plain(x), atol=1e-5, rtol=1e-5)
                     torch.testing.assert_close(laid.residual(x, res), plain(x) + res, atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(laid.gelu(x, gelu), gelu(plain(x)), atol=1e-5, rtol=1e-5)
 
 
 def test_two_threads_decode_the_same(tokenizer, models):
@@ -314,6 +321,18 @@ def test_mmi_scores_the_reversed_history_given_the_candidate(engine, models, tok
         assert cand.mmi == pytest.approx(ref, rel=1e-4)
     best = min(range(5), key=lambda i: reply.candidates[i].mmi)
     assert reply.chosen == best and reply.text == reply.candidates[best].text
+
+
+def test_sequence_nll_in_groups_matches_one_at_a_time(models):
+    """Many sequences are scored a group at a time (see FastGPT2.sequence_nll): same figures as alone."""
+    fast = FastGPT2(models[1])
+    gen = torch.Generator().manual_seed(5)
+    sequences = [torch.randint(5, 8000, (int(n),), generator=gen).tolist()
+                 for n in torch.randint(60, 120, (45,), generator=gen)]  # 2,048 tokens: groups of 17 or more
+    starts = [int(s) for s in torch.randint(1, 50, (45,), generator=gen)]
+    together = fast.sequence_nll(sequences, starts)
+    alone = torch.cat([fast.sequence_nll([s], [t]) for s, t in zip(sequences, starts)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_mmi_survives_nan_and_inf_scores(engine, monkeypatch):
