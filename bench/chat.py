@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chitchat.generate import Engine, SamplingConfig  # noqa: E402
 from chitchat.modeling import build_model  # noqa: E402
 from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer  # noqa: E402
+from machine import busy_cores, machine_note  # noqa: E402
 
 HISTORY = [
     "今天下班以后我们去楼下新开的火锅店吧",  # 18 characters
@@ -52,23 +53,6 @@ def timed(fn, runs: int, warmup: int = 3) -> list[float]:
         fn(warmup + i)
         out.append((time.perf_counter() - t0) * 1000)
     return out
-
-
-def busy_cores(window: float = 0.5) -> float | None:
-    """Cores kept busy by other processes over `window` seconds (Linux /proc/stat; None elsewhere)."""
-    def sample():
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
-    try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 == total0:
-        return 0.0
-    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
 def naive_reply(model, mmi_model, tokenizer, history: list[str], candidates: int, max_len: int, top_k: int, seed: int) -> str:
@@ -138,6 +122,8 @@ def main() -> int:
     if busy is not None and busy > 0.3:  # with 2 threads each op waits for both: another process skews it a lot
         print(f"warning: other processes kept {busy:.1f} cores busy just before the bench: "
               "the figures will not be reliable", file=sys.stderr)
+    note, machine_keys = machine_note()
+    print(note, file=sys.stderr)
     torch.set_num_threads(args.threads)  # the naive baseline and transformers' generate run with the same
     tokenizer = load_tokenizer(DEFAULT_VOCAB)
     model = build_model(tokenizer, args.preset, seed=0).eval()
@@ -175,6 +161,7 @@ def main() -> int:
         "speedup_vs_naive_mmi5": round(naive_p50 / percentile(results["mmi5"], 50), 1),
         "p50_ms_mmi5_int8": round(percentile(results["mmi5_int8"], 50), 1),
         "p50_ms_single_int8": round(percentile(results["single_int8"], 50), 1),
+        **machine_keys,
     }
     print(json.dumps(line))
     return 0

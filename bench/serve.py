@@ -32,6 +32,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import machine_note  # noqa: E402  (bench/, the script's own folder)
+
 HISTORY = ["今天下班以后我们去楼下新开的火锅店吧",
            "好啊不过听说那家店排队的人特别多要等很久"]
 TEXT = "那我们早点过去先拿个号再去旁边逛逛"  # with the history: 59 tokens, as bench/chat.py
@@ -182,7 +184,8 @@ def main() -> int:
     p.add_argument("--reply-len", type=int, default=25, help="tokens per reply (default 25)")
     p.add_argument("--window-ms", type=float, help="the server's --batch-window-ms (default: the server's)")
     p.add_argument("--max-batch", type=int, help="the server's --max-batch (default: the server's)")
-    p.add_argument("--threads", type=int, default=1, help="the server's --threads (default 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="the server's --threads (default: one per core, as the server's own default)")
     p.add_argument("--int8", action="store_true", help="the server's --int8")
     args = p.parse_args()
     lo, hi = sorted(int(c) for c in args.concurrency.split(","))
@@ -190,6 +193,8 @@ def main() -> int:
     if not set(workloads) <= set(WORKLOADS):
         p.error(f"workloads are {', '.join(WORKLOADS)}")
 
+    note, machine_keys = machine_note()
+    print(note, file=sys.stderr)
     results = {}
     with tempfile.TemporaryDirectory(prefix="chitchat-bench-serve-") as tmp:
         dialogue, mmi = build_models(Path(tmp), args.preset)
@@ -209,6 +214,8 @@ def main() -> int:
             line["errors"] = sum(x["errors"] for res in results.values() for x in res.values())
         line[f"{prefix}speedup_c{hi}"] = round(r[hi]["throughput"] / r[lo]["throughput"], 2)
     line["workload"] = workloads[0] + (" int8" if args.int8 else "")
+    line["threads"] = args.threads
+    line.update(machine_keys)
     print(json.dumps(line))
     return 0
 
