@@ -7,7 +7,8 @@ that timing does not depend on the weights). Measured: one reply with 5 candidat
 and one reply with 1 candidate and no MMI, fp32 and int8; the naive baseline (the model re-run over
 the whole sequence at every step, MMI candidates scored one at a time, as GPT2-chitchat's
 interact_mmi.py does) for 5 candidates with MMI; and, for reference, `transformers`' `generate` with
-its key/value cache for 1 candidate. Ends with one JSON line.
+its key/value cache for 1 candidate. Ends with one JSON line, which also holds what the machine
+gave during the run (bench/machine.py: this shared VM's speed varies by up to 2x).
 
     .venv/bin/python bench/chat.py [--runs 30] [--threads N]  (default: one thread per core)
 """

@@ -10,7 +10,8 @@ Two workloads, each on its own server: `single` (1 candidate, no MMI: the least 
 request can ask, so the figures show what the server's batching does) and `mmi5` (5 candidates
 ranked by MMI, the chat's default). Prints, per level, throughput (requests per second), p50 and
 p95 latency, errors and the mean batch the model worker made; ends with one JSON line whose
-headline keys are the first workload's, the other's prefixed with its name.
+headline keys are the first workload's, the other's prefixed with its name, then the server's
+threads and what the machine gave during the run (bench/machine.py).
 
     flock /tmp/chitchat-bench.lock .venv/bin/python bench/serve.py [--requests 200] [--workloads single,mmi5]
 """

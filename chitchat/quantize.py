@@ -94,19 +94,21 @@ class Fp32Linear:
     """`x @ weight + bias` with the weight kept (in, out) and contiguous: one addmm per call.
 
     `set_transposed` adds a copy laid out (out, in), in two blocks of rows, for inputs of up to 32
-    rows (decode steps; up to 8 where oneDNN takes the larger ones): one batched product `blocks @ x.T`. With weights that stream from memory
-    (a decode step reads them all, more than the cache holds), 5 rows on 2 threads: MKL's sgemm
-    on the (in, out) weight ran at about 7 GB/s here, this form at 11 to 13 (a 1 MB layer in 97 us
-    instead of 138, the 8 MB output layer in 0.63 ms instead of 1.17). With `one_row` (2 threads),
-    one row goes this way too: MKL's matrix-vector product runs on one thread, here each thread
-    streams one block (the output layer in 0.39 ms instead of 0.43, a 1 MB layer in 61 us
-    instead of 80); on one thread the matrix-vector product is the better one.
+    rows (decode steps; up to 8 where oneDNN takes the larger ones): one batched product
+    `blocks @ x.T`. With weights that stream from memory (a decode step reads them all, more than
+    the cache holds), 5 rows on 2 threads: MKL's sgemm on the (in, out) weight ran at about 7 GB/s
+    here, this form at 11 to 13 (a 1 MB layer in 97 us instead of 138, the 8 MB output layer in
+    0.63 ms instead of 1.17). With `one_row` (2 threads), one row goes this way too: MKL's
+    matrix-vector product runs on one thread, here each thread streams one block (the output layer
+    in 0.39 ms instead of 0.43, a 1 MB layer in 61 us instead of 80); on one thread the
+    matrix-vector product is the better one.
 
     For 9 to 128 rows (decode steps of a server's batches, short prefills) `set_transposed` also
-    asks oneDNN to pack the weight its own way and runs those products through it, with the GELU or
-    the residual sum fused into the product: a decode step of 16 rows took 7 to 9% less here
-    (a reply for 16 contexts at once: 284 ms instead of 317, 1 thread), while for 2 to 8 rows
-    the two-block form was as fast or faster."""
+    asks oneDNN to pack the weight its own way (one more copy) and runs those products through it,
+    with the GELU or the residual sum fused into the product: decode steps of 16 rows took 6 to 7%
+    less here, and a reply for 16 contexts at once 7 to 9% less in two paired measurements (284 ms
+    instead of 317, 1 thread; a third showed no difference), while for 2 to 8 rows the two-block
+    form was as fast or faster."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, out_in: bool = False):
         self.weight = (weight.t() if out_in else weight).detach().contiguous()
