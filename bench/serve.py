@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -66,7 +67,7 @@ def start_server(dialogue: Path, mmi: Path | None, port: int, candidates: int, a
     cmd = [sys.executable, "-m", "chitchat", "serve", "--model", str(dialogue), "--host", "127.0.0.1",
            "--port", str(port), "--min-len", str(args.reply_len), "--max-len", str(args.reply_len),
            "--max-tokens", str(max(64, args.reply_len)), "--candidates", str(candidates), "--topk", "8",
-           "--threads", str(args.threads), "--log-level", "warning"]
+           "--log-level", "warning"] + (["--threads", str(args.threads)] if args.threads else [])
     cmd += ["--mmi-model", str(mmi)] if mmi else ["--no-mmi"]
     if args.window_ms is not None:
         cmd += ["--batch-window-ms", str(args.window_ms)]
@@ -185,8 +186,7 @@ def main() -> int:
     p.add_argument("--reply-len", type=int, default=25, help="tokens per reply (default 25)")
     p.add_argument("--window-ms", type=float, help="the server's --batch-window-ms (default: the server's)")
     p.add_argument("--max-batch", type=int, help="the server's --max-batch (default: the server's)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="the server's --threads (default: one per core, as the server's own default)")
+    p.add_argument("--threads", type=int, help="the server's --threads (default: the server's, one per core)")
     p.add_argument("--int8", action="store_true", help="the server's --int8")
     args = p.parse_args()
     lo, hi = sorted(int(c) for c in args.concurrency.split(","))
@@ -194,6 +194,7 @@ def main() -> int:
     if not set(workloads) <= set(WORKLOADS):
         p.error(f"workloads are {', '.join(WORKLOADS)}")
 
+    threads = args.threads or torch.get_num_threads()  # the server's own default is torch's
     note, machine_keys = machine_note()
     print(note, file=sys.stderr)
     results = {}
@@ -202,7 +203,7 @@ def main() -> int:
         for w in workloads:
             results[w] = measure(dialogue, mmi, w, [lo, hi], args)
     print(f"preset {args.preset}, replies {args.reply_len} tokens, {args.requests} requests per level, "
-          f"threads {args.threads}{', int8' if args.int8 else ''}; load average {os.getloadavg()[0]:.2f}",
+          f"threads {threads}{', int8' if args.int8 else ''}; load average {os.getloadavg()[0]:.2f}",
           file=sys.stderr)
     line: dict = {"bench": "serve"}
     for k, w in enumerate(workloads):
@@ -215,7 +216,7 @@ def main() -> int:
             line["errors"] = sum(x["errors"] for res in results.values() for x in res.values())
         line[f"{prefix}speedup_c{hi}"] = round(r[hi]["throughput"] / r[lo]["throughput"], 2)
     line["workload"] = workloads[0] + (" int8" if args.int8 else "")
-    line["threads"] = args.threads
+    line["threads"] = threads
     line.update(machine_keys)
     print(json.dumps(line))
     return 0

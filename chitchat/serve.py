@@ -349,8 +349,8 @@ def add_arguments(p) -> None:
                    help="utterances of dialogue the model sees, the new one included (as in the chat)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--int8", action="store_true", help="int8 weights for the linear and output layers (CPU)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="CPU threads the engine uses (default: one per core; 1 on a CPU busy with other work)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads the engine uses (default: torch's, one per core; 1 on a CPU busy with other work)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (warning: no access log)")
     p.add_argument("--shutdown-timeout", type=float, default=30, metavar="S",
@@ -395,8 +395,12 @@ def run(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ChitchatError(f"--port {args.port} is not a port")
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise ChitchatError("--threads must be >= 1")
+    if args.threads is None:
+        import torch
+
+        args.threads = torch.get_num_threads()  # torch's default, one per core: /info shows the number
     cfg = config_from_args(args)
 
     def say(text: str) -> None:
