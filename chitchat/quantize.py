@@ -130,7 +130,9 @@ class Fp32Linear:
         if _ONEDNN and tensors[0].device.type == "cpu":
             try:
                 self.onednn = torch.ops.mkldnn._reorder_linear_weight(tensors[0], 16)
-            except RuntimeError:  # a build whose oneDNN cannot: the other layouts serve
+                torch.ops.mkldnn._linear_pointwise(torch.zeros(_ONEDNN_ROWS[0], k), self.onednn, self.bias,
+                                                   "none", [], "")  # fails here, not in a reply
+            except RuntimeError:  # a build or CPU whose oneDNN cannot: the other layouts serve
                 self.onednn = None
 
     def _use_onednn(self, x: torch.Tensor) -> bool:

@@ -109,18 +109,22 @@ def test_hidden_skip_computes_only_the_wanted_positions(models):
     torch.testing.assert_close(fast.hidden(ids, positions, mask=mask, skip=19), full[:, 19:], atol=1e-5, rtol=1e-5)
 
 
-def test_transposed_layout_matches_one_product():
+@pytest.mark.parametrize("onednn", [True, False])
+def test_transposed_layout_matches_one_product(onednn, monkeypatch):
     """Every path of Fp32Linear (two blocks, oneDNN's packed weight, the plain product) gives the
-    plain product, its residual form and its fused GELU form."""
+    plain product, its residual form and its fused GELU form; without oneDNN too."""
+    import chitchat.quantize
     from chitchat.quantize import _ONEDNN, Fp32Linear
 
+    if not onednn:
+        monkeypatch.setattr(chitchat.quantize, "_ONEDNN", False)
     gelu = lambda y: F.gelu(y, approximate="tanh")  # noqa: E731
     for bias in (torch.randn(999), None):  # 999 outputs: one block, not two
         for weight in (torch.randn(999, 64), torch.randn(1000, 64)):
             b = None if bias is None else torch.randn(weight.shape[0])
             plain, laid = Fp32Linear(weight, b, out_in=True), Fp32Linear(weight, b, out_in=True)
             laid.set_transposed(laid.transposed())
-            assert (laid.onednn is not None) == _ONEDNN
+            assert (laid.onednn is not None) == (_ONEDNN and onednn)
             for one_row in (False, True):
                 laid.one_row = one_row
                 for rows in (1, 5, 16, 40, 200):
