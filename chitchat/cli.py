@@ -17,7 +17,17 @@ COMMANDS = {
     "train": ("chitchat.train", "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
     "eval": ("chitchat.evaluate", "score models on a dialogue dataset (perplexity, BLEU, distinct-n, F1, ...)"),
     "serve": ("chitchat.serve", "serve the bot over HTTP (FastAPI on uvicorn)"),
+    "default-model": ("chitchat.recipe", "rebuild the shipped default model from open corpora (the recipe)"),
 }
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show: not None, not an off switch."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().split("\n\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser

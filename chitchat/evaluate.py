@@ -113,6 +113,18 @@ def reference_nll(engine: Engine, cases: list[Case], batch_size: int) -> tuple[l
     return out, truncated
 
 
+def char_perplexity(model_dir: str | Path, data: list[str], limit: int | None = None,
+                    max_history_len: int = DEFAULT_MAX_HISTORY, batch_size: int = 32) -> tuple[float, int]:
+    """(per-character perplexity, cases) of the references of the first `limit` test cases of `data`,
+    teacher-forced with the context `chitchat eval` gives them: no sampling, seconds for a few hundred."""
+    cfg = EvalConfig(models=[str(model_dir)], data=data, output=Path("."), limit=limit, max_history_len=max_history_len)
+    cases = build_cases(cfg, ReadStats())
+    if not cases:
+        raise ChitchatError(f"no test case in {', '.join(data)}")
+    nll, _ = reference_nll(Engine.load(str(model_dir)), cases, batch_size)
+    return perplexity(sum(n for n, _ in nll), sum(len(chars(c.reference)) for c in cases)), len(cases)
+
+
 def _progress(total: int, desc: str, enabled: bool | None):
     from tqdm import tqdm
 
@@ -290,8 +302,9 @@ def write_outputs(out: Path, report: dict, cases: list[Case], per_case: list[dic
 def add_arguments(p) -> None:
     from chitchat.chat_options import add_sampling_arguments
 
-    p.add_argument("--model", action="append", required=True, metavar="DIR",
-                   help="dialogue model or training run directory (repeat to compare models side by side)")
+    p.add_argument("--model", action="append", metavar="DIR",
+                   help="dialogue model or training run directory (repeat to compare models side by side); "
+                        "none: the shipped default model, ranked by its MMI model")
     p.add_argument("--mmi-model", metavar="DIR", help="MMI model: replies are ranked by it")
     p.add_argument("--compare-mmi", action="store_true", help="report each model with and without MMI ranking")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="dataset files, folders or globs (any corpus format)")
@@ -316,8 +329,14 @@ def run(args) -> int:
         raise ChitchatError("--limit must be at least 1")
     if args.batch_size < 1:
         raise ChitchatError("--batch-size must be at least 1")
+    models, mmi_model = args.model, args.mmi_model
+    if not models:
+        from chitchat.default_model import ensure_default_model
+
+        dialogue, default_mmi = ensure_default_model(say=lambda text: print(text, file=sys.stderr))
+        models, mmi_model = [dialogue], mmi_model or default_mmi
     cfg = EvalConfig(
-        models=args.model, data=args.data, output=args.output, mmi_model=args.mmi_model,
+        models=models, data=args.data, output=args.output, mmi_model=mmi_model,
         compare_mmi=args.compare_mmi, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
         last_turn_only=args.last_turn_only, max_history_len=args.max_history_len, format=args.format,
         sampling=sampling_from_args(args), int8=args.int8, device=args.device, threads=args.threads,

@@ -88,9 +88,10 @@ def load_model(path: str | Path, device: str = "cpu", dtype=None):
     path = resolve_model_dir(path)
     tokenizer = load_tokenizer(path)
     check_tokenizer(tokenizer, str(path))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype) if dtype else \
-            AutoModelForCausalLM.from_pretrained(str(path))
+    import torch
+
+    try:  # fp32 unless asked: a model stored in fp16 (as the shipped one) computes in fp32
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     except (OSError, ValueError, RuntimeError) as e:
         raise ChitchatError(f"{path}: cannot load model: {str(e).splitlines()[0]}") from None
     if model.config.vocab_size < len(tokenizer):
@@ -99,15 +100,21 @@ def load_model(path: str | Path, device: str = "cpu", dtype=None):
 
 
 def save_model(model, tokenizer, path: str | Path) -> None:
-    """Save in Hugging Face format (safetensors), with a generation config naming our special tokens."""
+    """Save in Hugging Face format (safetensors), with a generation config naming our special tokens
+    and the chat's default sampling (chitchat.generate.SamplingConfig), so that `generate()` without
+    this package samples as `chitchat chat` does (without its MMI reranking)."""
     from transformers import GenerationConfig
+
+    from chitchat.generate import SamplingConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
+    cfg, d = model.config, SamplingConfig()
     model.generation_config = GenerationConfig(
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
-        do_sample=True, top_k=8, top_p=0.9, max_new_tokens=32,
+        do_sample=True, top_k=d.top_k, top_p=d.top_p or 1.0, temperature=d.temperature,
+        repetition_penalty=d.repetition_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
+        min_new_tokens=d.min_len, max_new_tokens=d.max_len,
     )
     model.save_pretrained(str(path), safe_serialization=True)
     tokenizer.save_pretrained(str(path))

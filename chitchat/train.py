@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +274,18 @@ def _check_dataset_tokenizer(ds) -> object:
     return tok
 
 
+_RUN_FILES = {RUN_CONFIG, METRICS, "loss.png", "summary.json", "best", "last"}
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """Entries of a run directory that no training run writes (hidden temporary ones are the trainer's)."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        return [out.name]
+    return sorted(p.name for p in out.iterdir() if p.name not in _RUN_FILES and not p.name.startswith("."))
+
+
 class Trainer:
     """One training run (one process of it, under DistributedDataParallel)."""
 
@@ -289,13 +301,24 @@ class Trainer:
         self.state: dict = {"step": 0, "epoch": 0, "epoch_step": 0, "elapsed": 0.0, "best_valid_loss": None,
                             "best_step": None, "bad_evals": 0, "last_eval_step": None, "valid_loss": None}
         saved = None
+        restarting = False
         if cfg.resume:
             if self.dist.is_main:
                 for d in (self.last_dir, self.best_dir):
                     recover_dir(d)
             self.dist.barrier()
-            if not (self.last_dir / "config.json").is_file():
-                raise ChitchatError(f"{self.out}: no checkpoint to resume (no {self.last_dir.name}/ with a model)")
+        if cfg.resume and not (self.last_dir / "config.json").is_file():
+            # stopped before its first checkpoint (or never started): start the run, and say so
+            leftovers = _foreign_files(self.out)
+            if leftovers:
+                raise ChitchatError(f"{self.out}: no checkpoint to resume, and it holds files no training run "
+                                    f"writes ({', '.join(leftovers[:3])}); choose another --output")
+            _log(cfg, self.dist, f"{self.out}: no checkpoint to resume yet: starting the run from step 0")
+            cfg = self.cfg = replace(cfg, resume=False)
+            restarting = True
+            if self.dist.is_main and self.out.is_dir():
+                truncate_metrics(self.out, 0)
+        if cfg.resume:
             saved = read_run_config(self.out)
             if saved is None:
                 raise ChitchatError(f"{self.out}: not a training run (no {RUN_CONFIG})")
@@ -305,7 +328,7 @@ class Trainer:
                 diffs = ", ".join(f"{k} {config_to_json(cfg).get(k)!r} (was {previous.get(k)!r})" for k in changed)
                 raise ChitchatError(f"--resume must keep the run's settings; changed: {diffs}")
             self.state.update(read_training_state(self.last_dir))
-        elif self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+        elif not restarting and self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise ChitchatError(f"{self.out} is not empty: pass --resume to continue the run in it, "
                                 "or choose another --output")
 
@@ -555,10 +578,17 @@ class Trainer:
         progress = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and dist.is_main
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=min(s["step"], self.total_steps),
-                   desc="train" + (" mmi" if cfg.mmi else ""), unit="step", disable=not progress, file=sys.stderr,
-                   dynamic_ncols=True)
+        desc = "train" + (" mmi" if cfg.mmi else "")
+        by_time = cfg.time_limit is not None  # the clock, not a step count, ends such a run: show it
+        if by_time:
+            bar = tqdm(total=round(cfg.time_limit), initial=min(round(float(s.get("elapsed") or 0)), round(cfg.time_limit)),
+                       desc=desc, unit="s", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+        else:
+            bar = tqdm(total=self.total_steps, initial=min(s["step"], self.total_steps), desc=desc, unit="step",
+                       disable=not progress, file=sys.stderr, dynamic_ncols=True)
         counters = {"useful": 0, "computed": 0, "sq": 0, "seconds": 0.0}
+        post: dict = {}  # the progress bar's loss, learning rate and throughput
         interval = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, targets since the last log
         interval_start, interval_tokens = time.perf_counter(), 0
         started = time.perf_counter()
@@ -606,7 +636,11 @@ class Trainer:
                         interval[1] += targets
                         s["step"] += 1
                         s["epoch_step"] += 1
-                        bar.update(1)
+                        if by_time:
+                            bar.update(min(elapsed(), cfg.time_limit) - bar.n)
+                            bar.set_postfix(post | {"step": s["step"]}, refresh=False)
+                        else:
+                            bar.update(1)
                         if s["step"] % cfg.log_every == 0:
                             dist.sum_(interval)
                             train_loss = float(interval[0] / interval[1]) if interval[1] > 0 else None
@@ -621,8 +655,9 @@ class Trainer:
                                 append_metrics(self.out, {"type": "train", "step": s["step"], "epoch": s["epoch"],
                                                           "loss": train_loss, "lr": lr, "tokens_per_s": round(tps, 1),
                                                           "elapsed": round(elapsed(), 2)})
-                            bar.set_postfix(loss=f"{train_loss:.3f}" if train_loss else "-", lr=f"{lr:.2e}",
-                                            tok_s=f"{tps:,.0f}", refresh=False)
+                            post = {"loss": f"{train_loss:.3f}" if train_loss else "-", "lr": f"{lr:.2e}",
+                                    "tok_s": f"{tps:,.0f}"}
+                            bar.set_postfix(post | ({"step": s["step"]} if by_time else {}), refresh=False)
                         if (cfg.eval_every and s["step"] % cfg.eval_every == 0 and s["epoch_step"] < len(steps)):
                             s["elapsed"] = elapsed()
                             self.eval_and_save(capture_rng())
@@ -666,7 +701,8 @@ class Trainer:
         cfg, dist, s = self.cfg, self.dist, self.state
         mine = slots[dist.rank * cfg.grad_accum:(dist.rank + 1) * cfg.grad_accum]
         real = [plan[i] for i in slots if i is not None]
-        global_targets = sum(int(self.train_lengths[b].sum()) - len(b) for b in real)
+        global_tokens = sum(int(self.train_lengths[b].sum()) for b in real)
+        global_targets = global_tokens - sum(len(b) for b in real)
         scale = dist.world_size / max(global_targets, 1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         targets = 0
@@ -694,6 +730,7 @@ class Trainer:
             g["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        s["tokens_seen"] = s.get("tokens_seen", 0) + global_tokens  # every rank's, over all resumptions
         return loss_sum, targets, lr
 
     def _finish(self, reason: str, counters: dict, train_loss: float | None) -> dict:
@@ -713,6 +750,7 @@ class Trainer:
             "stop_reason": reason, "train_loss": train_loss, "valid_loss": s.get("valid_loss"),
             "best_valid_loss": s.get("best_valid_loss"), "best_step": s.get("best_step"),
             "useful_tokens": useful, "computed_positions": computed,
+            "tokens_seen": s.get("tokens_seen", 0), "elapsed": s.get("elapsed"),  # the whole run, resumptions too
             "padding_fraction": 1 - useful / computed if computed else 0.0,
             "train_seconds": seconds, "useful_tokens_per_s": useful / seconds if seconds else 0.0,
             "model_flops": flops, "batch_tokens": self.batch_tokens,
@@ -796,6 +834,8 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
+    p.add_argument("--stop-after-steps", type=int, metavar="N",
+                   help="save and stop at step N, the schedule still that of --max-steps (continue with --resume)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this much training time (the learning rate decays with it)")
     p.add_argument("--log-every", type=int, help="steps between metrics lines (default 10)")
@@ -808,7 +848,7 @@ _ARG_FIELDS = {"preset": "preset", "mmi": "mmi", "epochs": "epochs", "max_steps"
                "warmup_steps": "warmup_steps", "weight_decay": "weight_decay", "clip_norm": "clip_norm", "seed": "seed",
                "eval_every": "eval_every", "patience": "patience", "valid_data": "valid_data", "init_from": "init_from",
                "extend_vocab": "extend_vocab", "device": "device", "threads": "num_threads", "time_limit": "time_limit",
-               "log_every": "log_every"}
+               "log_every": "log_every", "stop_after_steps": "stop_after_steps"}
 
 
 def config_from_args(args) -> TrainConfig:

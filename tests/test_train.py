@@ -265,6 +265,39 @@ def test_resume_lands_on_the_same_step_and_weights_as_an_uninterrupted_run(datas
     assert [r["loss"] for r in metrics(tmp_path / "a", "valid")] == [r["loss"] for r in metrics(tmp_path / "b", "valid")]
 
 
+def test_resume_before_the_first_checkpoint_starts_the_run(dataset, tmp_path, capsys):
+    from chitchat.cli import main
+    from chitchat.train import RUN_CONFIG
+
+    # what a run killed before its first checkpoint leaves: its settings and a few metrics lines
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / RUN_CONFIG).write_text('{"config": {}}')
+    (run / "metrics.jsonl").write_text('{"type": "train", "step": 3, "loss": 9.0}\n')
+    (run / ".last.partial").mkdir()
+    argv = ["train", "--data", str(dataset), "--output", str(run), "--no-progress", "--threads", "1",
+            "--preset", "tiny", "--max-steps", "3", "--batch-tokens", "384"]
+    assert main(argv) == 2 and "not empty: pass --resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0
+    assert "no checkpoint to resume yet: starting the run from step 0" in capsys.readouterr().err
+    assert json.loads((run / "last" / "training_state.json").read_text())["step"] == 3
+    assert [r["step"] for r in metrics(run, "train")] == [] or metrics(run, "train")[0]["loss"] != 9.0
+    # and a second --resume continues it as usual
+    assert main(argv[:-4] + ["--max-steps", "5", "--resume", "--quiet"]) == 0
+    assert json.loads((run / "last" / "training_state.json").read_text())["step"] == 5
+
+
+def test_a_time_limited_run_shows_progress_against_its_time_budget(dataset, tmp_path, capsys):
+    from chitchat.train import train
+
+    train(config(dataset, tmp_path / "run", time_limit=2.0, progress=True, epochs=1000))
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if line.startswith("train")][-1]
+    assert "/2 s" in last and "step=" in last, last
+    steps = json.loads((tmp_path / "run" / "summary.json").read_text())["step"]
+    assert f"step={steps}" in last and f"/{steps}" not in last.split("|")[-1].split("[")[0]
+
+
 KILLER = r"""
 import os, sys, time
 from pathlib import Path
@@ -450,8 +483,9 @@ def test_bad_input_gives_one_line_and_overwrites_nothing(dataset, tmp_path, caps
     (busy / "keep.txt").write_text("mine")
     fails(["--output", str(busy)], "not empty", "--resume")
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
-    # nothing to resume
-    fails(["--output", str(tmp_path / "none"), "--resume"], "no checkpoint")
+    # nothing to resume in a directory that is not a run: refused, left as it was
+    fails(["--output", str(busy), "--resume"], "no checkpoint", "keep.txt")
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     # max_len (64) above the model's positions
     cfg = tmp_path / "small.json"
     cfg.write_text('{"n_positions": 32}')

@@ -1,0 +1,431 @@
+"""The recipe of the shipped default model, one command: `chitchat default-model` (`make default-model`).
+
+Stages, each a `chitchat` command printed before it runs, each skipped when its output is complete,
+so that a stopped run continues where it stopped (training stages resume from their last checkpoint):
+
+    vocab        the character vocabulary of the training corpora (`chitchat vocab`)
+    preprocess   three datasets: pre-training (SMILE), chitchat (CPED train, XPersona, KdConv, ChatterBot),
+                 validation (CPED valid: other TV series; validated and reported on, never trained on)
+    pretrain     a GPT-2 language model on the pre-training set: the language
+    dialogue     the dialogue model: the pre-trained model fine-tuned on the chitchat set
+    mmi          the MMI model: the pre-trained model fine-tuned on the reversed chitchat set
+    export       best/ of dialogue and mmi into OUTPUT/dialogue and OUTPUT/mmi (fp16 safetensors)
+    eval         `chitchat eval --compare-mmi` on CPED valid (all cases, seed 1)
+    card         OUTPUT/TRAINED_ON.json (sources with SHA-256, stages, steps, tokens, times, figures)
+                 and OUTPUT/README.md (the model card)
+
+Everything is seeded; the training stages run a fixed number of steps, so a rerun on a CPU
+computes the same weights. RecipeConfig holds every choice; `tests/test_recipe.py` runs the whole
+recipe on tiny sources in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from chitchat.errors import ChitchatError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = "TRAINED_ON.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str     # relative to RecipeConfig.corpora, or `chatterbot:LANG`
+    origin: str   # where it comes from: repository, commit, path
+    licence: str
+
+
+# The open corpora of ../shared/corpora (see its README). LCCC is research-only: never here.
+SMILE = Source("open/smile_20k.jsonl", "qiuhuachuan/smile @ 9f8afc0, data/ (20,000 of 55,165 dialogues, fixed seed)",
+               "CC0-1.0")
+CPED_TRAIN = Source("open/cped_train.jsonl", "scutcyr/CPED @ 1e4b81c, data/CPED/test_split.csv", "Apache-2.0")
+CPED_VALID = Source("open/cped_valid.jsonl", "scutcyr/CPED @ 1e4b81c, data/CPED/valid_split.csv", "Apache-2.0")
+XPERSONA = Source("open/xpersona_zh_train.jsonl", "HLTCHKUST/Xpersona @ 1da049a, dataset/Zh_persona_split_valid_human_annotated.json",
+                  "MIT")
+KDCONV = Source("kdconv", "thu-coai/KdConv, data/{film,music,travel}/dev.json", "Apache-2.0")
+CHATTERBOT = Source("chatterbot:chinese", "PyPI chatterbot-corpus 1.2.0, chatterbot_corpus/data/chinese/*.yml", "BSD-3-Clause")
+
+
+@dataclass
+class StageConfig:
+    steps: int                      # the schedule's length (--max-steps)
+    lr: float
+    stop_after: int | None = None   # stop (and save) at this step, the schedule unchanged (--stop-after-steps)
+    warmup_steps: int | None = None
+    eval_every: int | None = None
+    batch_tokens: int | None = None
+
+
+@dataclass
+class RecipeConfig:
+    output: Path = REPO_ROOT / "models" / "default"
+    work: Path = REPO_ROOT / "runs" / "recipe"
+    corpora: Path = REPO_ROOT.parent / "shared" / "corpora"
+    pretrain_sources: tuple[Source, ...] = (SMILE,)
+    chitchat_sources: tuple[Source, ...] = (CPED_TRAIN, XPERSONA, KDCONV, CHATTERBOT)
+    valid_source: Source = CPED_VALID
+    vocab_size: int = 6000
+    max_len: int = 256
+    # 4 x 128: about 0.8 M parameters in the blocks, near the compute-optimal size for the ~1 hour of
+    # 2 CPU cores this recipe gets (README, "The default model": the probes behind the choice)
+    preset: str = "small"
+    model_config: dict = field(default_factory=lambda: {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256})
+    # pre-training stops part-way through its schedule (the time this machine could give it), and the
+    # chitchat stages start from its last step; they anneal, and keep their best step on CPED valid
+    pretrain: StageConfig = field(default_factory=lambda: StageConfig(steps=1800, lr=3e-3, eval_every=300))
+    dialogue: StageConfig = field(default_factory=lambda: StageConfig(steps=600, lr=1e-3, warmup_steps=20, eval_every=50))
+    mmi: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=1e-3, warmup_steps=20, eval_every=50))
+    seed: int = 1
+    threads: int | None = None
+    eval_limit: int | None = None   # None: every case of the validation file
+    progress: bool | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_files(cfg: RecipeConfig, src: Source) -> list[Path]:
+    """The files of one source; a missing one is a one-line error naming it and its origin."""
+    if src.path.startswith("chatterbot:"):
+        from chitchat.readers import chatterbot_files
+
+        return chatterbot_files(src.path)
+    path = cfg.corpora / src.path
+    if not path.exists():
+        raise ChitchatError(f"missing corpus {path}: it comes from {src.origin} ({src.licence}); "
+                            f"see ../shared/corpora/README.md, or point --corpora at the folder holding it")
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def _inputs(cfg: RecipeConfig, sources) -> list[str]:
+    return [s.path if s.path.startswith("chatterbot:") else str(cfg.corpora / s.path) for s in sources]
+
+
+def _run(argv: list[str], say) -> None:
+    from chitchat.cli import main
+
+    say("$ chitchat " + " ".join(shlex.quote(a) for a in argv))
+    code = main(argv)
+    if code:
+        raise ChitchatError(f"stage failed (exit {code}): chitchat {' '.join(argv[:1])}")
+
+
+def _train_done(run: Path, stage: StageConfig) -> bool:
+    try:
+        s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    if stage.stop_after is not None and stage.stop_after < stage.steps:
+        return s.get("step") == stage.stop_after and s.get("stop_reason") == "stop_after_steps"
+    return s.get("step") == stage.steps and s.get("stop_reason") in ("completed", "early stopping")
+
+
+def _train_argv(cfg: RecipeConfig, stage: StageConfig, data: Path, out: Path, *, mmi: bool,
+                init_from: Path | None) -> list[str]:
+    argv = ["train", "--data", str(data), "--valid-data", str(cfg.work / "data" / "valid"), "--output", str(out),
+            "--max-steps", str(stage.steps), "--lr", str(stage.lr), "--seed", str(cfg.seed), "--resume",
+            "--patience", str(10 ** 6)]
+    if init_from is None:
+        argv += ["--preset", cfg.preset]
+        if cfg.model_config:
+            conf = cfg.work / "model_config.json"
+            conf.write_text(json.dumps(cfg.model_config), encoding="utf-8")
+            argv += ["--config", str(conf)]
+    else:
+        argv += ["--init-from", str(init_from)]
+    for flag, value in (("--stop-after-steps", stage.stop_after), ("--warmup-steps", stage.warmup_steps), ("--eval-every", stage.eval_every),
+                        ("--batch-tokens", stage.batch_tokens), ("--threads", cfg.threads)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if mmi:
+        argv.append("--mmi")
+    if cfg.progress is False:
+        argv.append("--no-progress")
+    return argv
+
+
+def export_model(run_best: Path, dest: Path, *, fp16: bool = True) -> None:
+    """A trained model into a clean Hugging Face directory, weights stored in fp16 (loaded as fp32)."""
+    import torch
+
+    from chitchat.modeling import load_model, save_model
+
+    model, tok = load_model(run_best)
+    if fp16:
+        model = model.to(torch.float16)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tok, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def model_files(root: Path) -> dict[str, str]:
+    """SHA-256 of every file of the shipped model, by path relative to root (the manifest and card excluded)."""
+    return {str(p.relative_to(root)): _sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in (MANIFEST, "README.md")}
+
+
+def run_recipe(cfg: RecipeConfig, say=print) -> dict:
+    started = time.time()
+    work, out = Path(cfg.work), Path(cfg.output)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "data").mkdir(exist_ok=True)
+    log_path = work / "stages.json"
+    log: dict = json.loads(log_path.read_text(encoding="utf-8")) if log_path.is_file() else {}
+
+    def timed(name: str, fn, target: str = "", present: bool = True) -> None:
+        """Run a stage unless it finished before (for the same target, whose output is still `present`:
+        export and eval write to OUTPUT)."""
+        if name in log and log[name].get("done") and log[name].get("target", "") == target and present:
+            say(f"[{name}] done before ({log[name]['seconds']:.0f} s), skipped")
+            return
+        t0 = time.time()
+        before = log.get(name, {}).get("seconds_before", 0)  # the stage's time in runs that were stopped
+        say(f"[{name}]")
+        try:
+            fn()
+        except BaseException:  # a stopped stage: its time so far counts towards its total
+            log[name] = {"done": False, "seconds_before": round(time.time() - t0 + before, 1)}
+            log_path.write_text(json.dumps(log, indent=2), encoding="utf-8")
+            raise
+        log[name] = {"done": True, "seconds": round(time.time() - t0 + before, 1), **({"target": target} if target else {})}
+        log_path.write_text(json.dumps(log, indent=2), encoding="utf-8")
+
+    sources = {"pretrain": cfg.pretrain_sources, "chitchat": cfg.chitchat_sources, "valid": (cfg.valid_source,)}
+    files = {s: source_files(cfg, s) for group in sources.values() for s in group}  # every source checked first
+    vocab = work / "vocab.txt"
+    training = list(cfg.pretrain_sources) + list(cfg.chitchat_sources)
+    timed("vocab", lambda: _run(["vocab", *_inputs(cfg, training), "--size", str(cfg.vocab_size), "--output",
+                                 str(vocab)], say))
+    for name, group in sources.items():
+        dest = work / "data" / name
+        split = ["--valid-count", "1"] if name == "valid" else ["--valid-count", "100"]
+
+        def prep(dest=dest, group=group, split=split) -> None:
+            shutil.rmtree(dest, ignore_errors=True)
+            _run(["preprocess", *_inputs(cfg, group), "--vocab", str(vocab), "--output", str(dest),
+                  "--max-len", str(cfg.max_len), "--seed", str(cfg.seed), *split], say)
+        timed(f"preprocess-{name}", prep)
+
+    runs = work / "runs"
+    plan = [("pretrain", cfg.pretrain, "pretrain", False, None),
+            ("dialogue", cfg.dialogue, "chitchat", False, runs / "pretrain" / "last"),
+            ("mmi", cfg.mmi, "chitchat", True, runs / "pretrain" / "last")]
+    for name, stage, data, mmi, init in plan:
+        run = runs / name
+
+        def train_stage(run=run, stage=stage, data=data, mmi=mmi, init=init) -> None:
+            if not _train_done(run, stage):
+                _run(_train_argv(cfg, stage, work / "data" / data, run, mmi=mmi, init_from=init), say)
+        timed(name, train_stage)
+
+    def export() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("dialogue", "mmi"):
+            export_model(runs / name / "best", out / name)
+    exported = all((out / n / "config.json").is_file() for n in ("dialogue", "mmi"))
+    timed("export", export, target=str(out.resolve()), present=exported)
+
+    def evaluate() -> None:
+        argv = ["eval", "--model", str(out / "dialogue"), "--mmi-model", str(out / "mmi"), "--compare-mmi",
+                "--data", *_inputs(cfg, [cfg.valid_source]), "--output", str(work / "eval"), "--seed", "1"]
+        if cfg.eval_limit:
+            argv += ["--limit", str(cfg.eval_limit)]
+        if cfg.progress is False:
+            argv.append("--no-progress")
+        _run(argv, say)
+    timed("eval", evaluate, target=str(out.resolve()))
+
+    manifest = build_manifest(cfg, files, log, runs, started)
+    (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card(manifest), encoding="utf-8")
+    say(f"default model ready in {out}: per-character perplexity {manifest['validation']['perplexity_char']:.2f} "
+        f"on {cfg.valid_source.path} ({sum(v['seconds'] for v in log.values()):.0f} s of stages)")
+    return manifest
+
+
+def _machine() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def build_manifest(cfg: RecipeConfig, files: dict, log: dict, runs: Path, started: float) -> dict:
+    def src(s: Source) -> dict:
+        return {"path": s.path, "origin": s.origin, "licence": s.licence,
+                "files": {str(f.relative_to(cfg.corpora) if f.is_relative_to(cfg.corpora) else f.name): _sha256(f)
+                          for f in files[s]}}
+
+    stages = {}
+    for name in ("pretrain", "dialogue", "mmi"):
+        s = json.loads((runs / name / "summary.json").read_text(encoding="utf-8"))
+        conf = json.loads((runs / name / "train_config.json").read_text(encoding="utf-8"))["config"]
+        seconds = log[name]["seconds"]
+        stages[name] = {
+            "data": Path(conf["data"]).name, "mmi": s["mmi"],
+            "init_from": conf["init_from"] and Path(conf["init_from"]).parent.name,
+            "steps": s["step"], "schedule_steps": conf["max_steps"], "lr": conf["lr"], "tokens_seen": s["tokens_seen"], "train_seconds": round(s["elapsed"], 1),
+            "wall_seconds": seconds, "useful_tokens_per_s": round(s["tokens_seen"] / s["elapsed"], 1) if s["elapsed"] else None,
+            "best_step": s["best_step"], "best_valid_loss": s["best_valid_loss"], "params": s["params"],
+        }
+    report = json.loads((cfg.work / "eval" / "report.json").read_text(encoding="utf-8"))
+    systems = report["systems"]
+    like = next(v for v in systems.values() if v["ranking"] == "likelihood")
+    mmi = next(v for v in systems.values() if v["ranking"] == "mmi")
+    keys = ("bleu2_char", "distinct2_char", "f1_char", "avg_len_chars", "repeat_3gram_rate", "empty_rate")
+    model_conf = json.loads((cfg.output / "dialogue" / "config.json").read_text(encoding="utf-8"))
+    return {
+        "recipe": "chitchat default-model (chitchat/recipe.py)",
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        "model": {k: model_conf[k] for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")},
+        "sources": {"pretrain": [src(s) for s in cfg.pretrain_sources], "chitchat": [src(s) for s in cfg.chitchat_sources],
+                    "validation": [src(cfg.valid_source)]},
+        "stages": stages,
+        "stage_wall_seconds": {k: v["seconds"] for k, v in log.items()},
+        "wall_seconds": round(sum(v["seconds"] for v in log.values()), 1),
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "validation": {
+            "data": cfg.valid_source.path, "cases": report["cases"], "seed": report["settings"]["seed"],
+            "sampling": report["settings"]["sampling"],
+            "perplexity_char": like["perplexity_char"], "perplexity_token": like["perplexity_token"],
+            "likelihood_ranking": {k: like[k] for k in keys}, "mmi_ranking": {k: mmi[k] for k in keys},
+        },
+        "guard": guard_figure(cfg),
+        "files": model_files(cfg.output),
+    }
+
+
+GUARD_CASES = 300  # tests/test_default_model.py: the shipped model keeps this figure within 2%
+
+
+def guard_figure(cfg: RecipeConfig) -> dict:
+    """Teacher-forced per-character perplexity of the shipped dialogue model on the first GUARD_CASES
+    cases of the validation file: a check that runs in seconds."""
+    from chitchat.evaluate import char_perplexity
+
+    data = _inputs(cfg, [cfg.valid_source])
+    ppl, cases = char_perplexity(cfg.output / "dialogue", data, limit=GUARD_CASES)
+    return {"data": cfg.valid_source.path, "cases": cases, "perplexity_char": ppl}
+
+
+def model_card(m: dict) -> str:
+    v, model = m["validation"], m["model"]
+    rows = "\n".join(
+        f"| {label} | {v['likelihood_ranking'][k]:{fmt}} | {v['mmi_ranking'][k]:{fmt}} |"
+        for k, label, fmt in (("bleu2_char", "BLEU-2 (char)", ".2f"), ("distinct2_char", "Distinct-2 (char)", ".4f"),
+                              ("f1_char", "F1 (char)", ".4f"), ("avg_len_chars", "average length (chars)", ".2f"),
+                              ("repeat_3gram_rate", "replies repeating a 3-gram", ".2%"),
+                              ("empty_rate", "empty replies", ".2%")))
+    sources = "\n".join(
+        f"| {role} | `{s['path']}` | {s['origin']} | {s['licence']} |"
+        for role, group in m["sources"].items() for s in group)
+    stages = "\n".join(
+        f"| {name} | {s['data']}{' (reversed)' if s['mmi'] else ''} | {s['init_from'] or 'scratch'} | {s['steps']:,} | "
+        f"{s['tokens_seen']:,} | {s['train_seconds']:,.0f} s | {s['useful_tokens_per_s']:,.0f} |"
+        for name, s in m["stages"].items())
+    return f"""---
+language: zh
+license: apache-2.0
+library_name: transformers
+pipeline_tag: text-generation
+tags: [gpt2, dialogue, chitchat, chinese]
+---
+
+# chitchat default model
+
+A small Chinese chitchat model (GPT-2, {model['n_layer']} layers x {model['n_embd']}, {model['n_head']} heads,
+{model['n_positions']} positions, {model['vocab_size']:,} characters) and its reverse MMI model, which scores
+P(history | reply) to rerank candidates. Built by `make default-model` (`chitchat default-model`,
+`chitchat/recipe.py`) from open corpora on {m['machine']['cpus']} CPU cores in {m['wall_seconds'] / 60:.0f} minutes;
+`TRAINED_ON.json` beside this card records every source (with SHA-256), stage, step count, token count and time.
+
+## Intended use
+
+Casual conversation in Chinese for demonstrations, hobby projects and as a starting point for
+fine-tuning on your own corpora (`chitchat train --init-from`). Input is a dialogue
+`[CLS] u1 [SEP] u2 [SEP] ...`; the model continues with the next utterance.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("models/default/dialogue")
+model = AutoModelForCausalLM.from_pretrained("models/default/dialogue")
+```
+
+## Data and licences
+
+| role | file | origin | licence |
+| --- | --- | --- | --- |
+{sources}
+
+SMILE (counselling conversations) teaches the language; the chitchat corpora teach the register.
+CPED's transcripts come from broadcast TV series. No research-only corpus (such as LCCC) was used.
+The validation file holds other TV series than the training file and was never trained on.
+
+## Training
+
+| stage | data | from | steps | tokens | time | tokens/s |
+| --- | --- | --- | ---: | ---: | ---: | ---: |
+{stages}
+
+## Metrics
+
+On `{v['data']}` ({v['cases']:,} reply positions, the 3 preceding utterances as context, seed {v['seed']},
+sampling {', '.join(f'{k}={x}' for k, x in v['sampling'].items())}):
+per-character perplexity **{v['perplexity_char']:.2f}** (per token {v['perplexity_token']:.2f}).
+
+| metric | likelihood ranking | MMI ranking |
+| --- | ---: | ---: |
+{rows}
+
+## Limitations
+
+A small model trained for about an hour on a CPU: replies are short, often generic, and can be
+wrong, odd or contradict earlier turns. It knows little about the world, has no persona
+consistency, and had no safety training: it can repeat anything its corpora hold. Much of its
+language comes from counselling conversations, which shows in its register. Do not use it where a
+wrong or inappropriate reply matters.
+"""
+
+
+def add_arguments(p) -> None:
+    d = RecipeConfig()
+    p.add_argument("--output", type=Path, default=d.output, help="where the model goes (dialogue/, mmi/, TRAINED_ON.json, README.md)")
+    p.add_argument("--work", type=Path, default=d.work, help="datasets, training runs and the evaluation (a stopped run resumes here)")
+    p.add_argument("--corpora", type=Path, default=d.corpora, help="folder holding the open corpora (open/, kdconv/)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: every core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    cfg = replace(RecipeConfig(), output=args.output, work=args.work, corpora=args.corpora, threads=args.threads,
+                  progress=False if args.no_progress else None)
+    run_recipe(cfg, say=lambda text: print(text, flush=True))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from chitchat.cli import main
+
+    sys.exit(main(["default-model", *sys.argv[1:]]))
