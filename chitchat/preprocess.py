@@ -23,7 +23,8 @@ from chitchat.errors import ChitchatError
 from chitchat.normalize import normalize
 from chitchat.readers import FORMATS, Dialogue, ReadStats, RowColumns, read_corpus
 from chitchat.sequences import build_windows
-from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer, tokenizer_tokens, vocab_hash
+from chitchat.tokenizer import (CLS, DEFAULT_VOCAB, SEP, UNK, ensure_normalizer, load_tokenizer, plain_encoder,
+                                tokenizer_tokens, vocab_hash)
 
 BATCH_DIALOGUES = 512
 
@@ -152,9 +153,11 @@ def choose_valid(n: int, fraction: float | None, count: int | None, seed: int) -
     return np.sort(valid)
 
 
-def encode_utterances(tokenizer, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
-    """Token ids of each utterance (no special tokens added), by the fast tokenizer in one batch."""
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+def encode_utterances(encoder, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
+    """Token ids of each normalised utterance (no special tokens added), in one batch, by a
+    `chitchat.tokenizer.plain_encoder` (or a fast tokenizer, whose own normaliser gives the same ids)."""
+    backend = getattr(encoder, "backend_tokenizer", encoder)
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     return [np.array(e.ids, dtype=dtype) for e in encodings]
 
 
@@ -171,7 +174,8 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
     total_bytes = sum(p.stat().st_size for p in sources)  # compressed files: their size on disk
     summary = Summary(read=ReadStats(), bytes_read=total_bytes)
     out = Path(cfg.output)
-    tokenizer = load_tokenizer(cfg.vocab)
+    tokenizer = ensure_normalizer(load_tokenizer(cfg.vocab))  # saved with the dataset: it normalises raw text
+    encoder = plain_encoder(tokenizer)  # the utterances are normalised already
     tokens = tokenizer_tokens(tokenizer)
     cls_id, sep_id, unk_id = (tokenizer.convert_tokens_to_ids(t) for t in (CLS, SEP, UNK))
     dtype = token_dtype(len(tokens))
@@ -188,7 +192,7 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
             if not cleaned:
                 continue
             flat = [u for c in cleaned for u in c]
-            ids = encode_utterances(tokenizer, flat, dtype)
+            ids = encode_utterances(encoder, flat, dtype)
             fwd, mmi, owners = [], [], []
             pos = 0
             for c in cleaned:
