@@ -224,6 +224,9 @@ def read_pair(pair: Pair, stats: ReadStats) -> Iterator[Dialogue]:
     before anything is read: a misaligned pair would teach wrong replies)."""
     a, b = pair.first, pair.second
     na, nb = count_lines(a), count_lines(b)
+    if na == nb == 0:
+        stats.error(f"{pair}: empty files")
+        return
     if na != nb:
         stats.error(f"{a} has {na} lines but {b} has {nb}: line-aligned files need one line per exchange")
         return
