@@ -14,12 +14,13 @@ skip, a file that cannot be read at all is a one-line error in `stats.errors`.
 from __future__ import annotations
 
 import csv
+import io
 import unicodedata
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Iterator
 
-from chitchat.sources import Dialogue, Pair, ReadStats, Source, count_lines, decoded_lines
+from chitchat.sources import BOM, Dialogue, Pair, ReadStats, Source, count_lines, decoded_lines
 
 # Header names (matched case-insensitively) of the one-utterance-per-row layout.
 ID_COLUMNS = ("dialogue_id", "dialog_id", "conv_id", "conversation_id", "session_id")
@@ -105,11 +106,12 @@ def read_selection(src: Source, stats: ReadStats) -> Iterator[Dialogue]:
 
     def flush() -> Dialogue:
         stats.read += 1
-        return Dialogue(context + ([reply] if reply is not None else []), f"{src}:{start}")
+        return Dialogue(context + ([reply] if reply is not None else []), f"{name}:{start}")
 
+    name = str(src)
     with src.open() as f:
         for lineno, line in decoded_lines(f):
-            where = f"{src}:{lineno}"
+            where = f"{name}:{lineno}"
             if line is None:
                 stats.read += 1
                 stats.skip("invalid_utf8", where)
@@ -149,13 +151,23 @@ def _join(turn: str, text: str) -> str:
     return turn + TURN_JOINER + text
 
 
-def _good_lines(src: Source, f, stats: ReadStats) -> Iterator[str]:
-    for lineno, line in decoded_lines(f):
-        if line is None:
-            stats.read += 1
-            stats.skip("invalid_utf8", f"{src}:{lineno}")
-        else:
-            yield line + "\n"  # the line end, so that a quoted field spanning lines keeps it
+def _good_lines(src: Source, f, stats: ReadStats, chunk: int = 1 << 20) -> Iterator[str]:
+    """The decoded lines of a CSV/TSV, their line ends kept (a quoted field may span lines), a
+    megabyte at a time: a line that is not UTF-8 is a counted skip."""
+    lineno = 0
+    while lines := f.readlines(chunk):
+        if lineno == 0 and lines[0].startswith(BOM):
+            lines[0] = lines[0][len(BOM):]
+        try:
+            yield from io.StringIO(b"".join(lines).decode("utf-8"), newline="")
+        except UnicodeDecodeError:  # find the bad lines of this chunk
+            for i, raw in enumerate(lines, lineno + 1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    stats.read += 1
+                    stats.skip("invalid_utf8", f"{src}:{i}")
+        lineno += len(lines)
 
 
 def read_rows(src: Source, stats: ReadStats, columns: RowColumns | None = None) -> Iterator[Dialogue]:
@@ -170,7 +182,7 @@ def read_rows(src: Source, stats: ReadStats, columns: RowColumns | None = None) 
         if first is None:
             stats.error(f"{src}: empty file")
             return
-        delimiter = header_delimiter(first.rstrip("\n"))
+        delimiter = header_delimiter(first.rstrip("\r\n"))
         header = next(csv.reader([first], delimiter=delimiter))
         id_col = _find(header, columns.id_column, ID_COLUMNS)
         text_col = _find(header, columns.text_column, TEXT_COLUMNS)
@@ -190,25 +202,28 @@ def read_rows(src: Source, stats: ReadStats, columns: RowColumns | None = None) 
         dialogue_id, turns, speaker, start = None, [], None, 0
         try:
             for row in reader:
-                lineno = reader.line_num + 1  # the header came before this reader
-                if not any(c.strip() for c in row):
-                    continue
                 if len(row) <= need:
-                    stats.read += 1
-                    stats.skip("bad_row", f"{src}:{lineno}", f"{len(row)} cells, the header has {len(header)}")
+                    if any(c.strip() for c in row):  # not a blank line
+                        stats.read += 1
+                        stats.skip("bad_row", f"{src}:{reader.line_num + 1}", f"{len(row)} cells, the header has {len(header)}")
                     continue
                 text = row[text_col].strip()
-                who = row[speaker_col].strip() if speaker_col is not None else None
+                if not text and not row[id_col].strip():
+                    continue  # a row of empty cells
                 if row[id_col] != dialogue_id:
                     if dialogue_id is not None:
                         stats.read += 1
                         yield Dialogue(turns, f"{src}:{start}")
-                    dialogue_id, turns, speaker, start = row[id_col], [], None, lineno
-                if turns and who is not None and who == speaker:
+                    dialogue_id, turns, speaker, start = row[id_col], [], None, reader.line_num + 1
+                if speaker_col is None:
+                    turns.append(text)
+                    continue
+                who = row[speaker_col].strip()
+                if turns and who == speaker:
                     turns[-1] = _join(turns[-1], text)
                 else:
                     turns.append(text)
-                speaker = who
+                    speaker = who
         except csv.Error as e:
             stats.error(f"{src}:{reader.line_num + 1}: invalid CSV: {e}")
             return
@@ -230,6 +245,7 @@ def read_pair(pair: Pair, stats: ReadStats) -> Iterator[Dialogue]:
     if na != nb:
         stats.error(f"{a} has {na} lines but {b} has {nb}: line-aligned files need one line per exchange")
         return
+    name = str(a)
     with a.open() as fa, b.open() as fb:
         for (lineno, post), (_, reply) in zip_longest(decoded_lines(fa), decoded_lines(fb), fillvalue=(0, None)):
             stats.read += 1
@@ -237,4 +253,4 @@ def read_pair(pair: Pair, stats: ReadStats) -> Iterator[Dialogue]:
                 bad = a if post is None else b
                 stats.skip("invalid_utf8", f"{a}:{lineno}", f"line {lineno} of {bad} is not valid UTF-8")
                 continue
-            yield Dialogue([post, reply], f"{a}:{lineno}")
+            yield Dialogue([post, reply], f"{name}:{lineno}")

@@ -121,8 +121,9 @@ def read_text(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
 
 
 def _delimited(path: Source, stats: ReadStats, split: Callable[[str], list[str]]) -> Iterator[Dialogue]:
+    name = str(path)  # once: formatting a Source per line costs more than reading the line
     for lineno, line in _decoded_lines(path):
-        where = f"{path}:{lineno}"
+        where = f"{name}:{lineno}"
         if line is None:
             stats.read += 1
             stats.skip("invalid_utf8", where)
@@ -130,12 +131,12 @@ def _delimited(path: Source, stats: ReadStats, split: Callable[[str], list[str]]
         if not line.strip():
             continue
         stats.read += 1
-        yield Dialogue([c for c in split(line) if c.strip()], where)
+        yield Dialogue([c for c in split(line) if c], where)
 
 
 def read_tsv(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """One dialogue per line, turns separated by tabs (question-answer pairs or more columns)."""
-    return _delimited(path, stats, lambda line: line.split("\t"))
+    return _delimited(path, stats, lambda line: [c for c in line.split("\t") if c.strip()])
 
 
 def read_pipe(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
@@ -168,8 +169,9 @@ def read_csv(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
 
 def read_jsonl(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """One dialogue per line: a JSON list of utterances, or an object holding one."""
+    name = str(path)
     for lineno, line in _decoded_lines(path):
-        where = f"{path}:{lineno}"
+        where = f"{name}:{lineno}"
         if line is None:
             stats.read += 1
             stats.skip("invalid_utf8", where)

@@ -124,16 +124,27 @@ def is_pair_second(name: str) -> bool:
     return Path(inner_name(name)).suffix.lower() in PAIR_SUFFIXES.values()
 
 
-def decoded_lines(f: BinaryIO) -> Iterator[tuple[int, str | None]]:
+def decoded_lines(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int, str | None]]:
     """(line number, text) for each line of a binary stream; text is None for a line that is not
-    valid UTF-8. A BOM on the first line and the line end (LF or CRLF) are removed."""
-    for lineno, raw in enumerate(f, 1):
-        if lineno == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM):]
+    valid UTF-8. A BOM on the first line and the line end (LF or CRLF) are removed. Lines are
+    decoded a megabyte at a time (one line at a time only in a chunk holding a bad one)."""
+    lineno = 0
+    while lines := f.readlines(chunk):
+        if lineno == 0 and lines[0].startswith(BOM):
+            lines[0] = lines[0][len(BOM):]
         try:
-            yield lineno, raw.decode("utf-8").rstrip("\r\n")
+            parts = b"".join(lines).decode("utf-8").split("\n")
         except UnicodeDecodeError:
-            yield lineno, None
+            for lineno, raw in enumerate(lines, lineno + 1):
+                try:
+                    yield lineno, raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    yield lineno, None
+            continue
+        if not lines[-1].endswith(b"\n"):
+            parts.append("")  # the last line had no line end: keep the count right
+        for lineno, text in enumerate(parts[:-1], lineno + 1):
+            yield lineno, text.rstrip("\r")
 
 
 def count_lines(src: Source, chunk: int = 1 << 20) -> int:

@@ -276,3 +276,22 @@ def test_mixed_folder_of_every_layout(formats, tmp_path):
     assert stats.files == 5 + 1 + 1 and len(stats.errors) == 1 and "lone.src" in stats.errors[0]
     assert len(dialogues) == 32 + 50 + 200 + 300 + 3
     assert stats.read == stats.kept + sum(stats.skipped.values())
+
+
+def test_cli_pair_and_column_options(tmp_path):
+    """`chitchat preprocess --pair A B --text-column ...` through the real CLI."""
+    from chitchat.dataset import read_manifest
+    from preprocessing_support import run_chitchat
+
+    (tmp_path / "q.txt").write_text("你好\n在吗\n", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("你好呀\n在的\n", encoding="utf-8")
+    (tmp_path / "chat.csv").write_text("session_id,who,words\n1,a,早\n1,b,早上好\n", encoding="utf-8")
+    r = run_chitchat("preprocess", "--pair", tmp_path / "q.txt", tmp_path / "a.txt", tmp_path / "chat.csv",
+                     "--text-column", "words", "--speaker-column", "who", "-o", tmp_path / "ds", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = read_manifest(tmp_path / "ds")
+    assert m["counts"]["dialogues"] == 3 and m["counts"]["utterances"] == 6
+    assert m["sources"] == [str(tmp_path / n) for n in ("chat.csv", "q.txt", "a.txt")]
+    r = run_chitchat("preprocess", tmp_path / "chat.csv", "--text-column", "nope", "-o", tmp_path / "ds2", "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"error: {tmp_path / 'chat.csv'}: header has no column 'nope' (columns: session_id, who, words)" in r.stderr
