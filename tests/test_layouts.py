@@ -202,6 +202,18 @@ def test_rows_options_and_errors(tmp_path):
     assert stats.errors == [f"{p}: header has no column 'words' (columns: conv, who, says); name it with --text-column"]
 
 
+def test_rows_truncated_and_empty(tmp_path):
+    p = tmp_path / "cut.csv"
+    p.write_text('dialogue_id,text\n1,你好\n1,在吗\n2,"早\n', encoding="utf-8")  # ends inside a quoted field
+    dialogues, stats = read([p])
+    assert dialogues == [["你好", "在吗"], ["早"]]  # the csv module closes the field at the end of the data
+    assert stats.read == 2 and not stats.errors  # preprocessing then skips the one-turn dialogue, counted
+    q = tmp_path / "header_only.csv"
+    q.write_text("dialogue_id,text\n", encoding="utf-8")
+    dialogues, stats = read([q])
+    assert dialogues == [] and stats.read == 0 and not stats.errors
+
+
 def test_rows_bad_rows_are_counted(tmp_path):
     p = tmp_path / "rows.csv"
     p.write_bytes("dialogue_id,speaker,text\n1,a,你好\n1,b\n".encode() + b"1,a,\xff\n" + "1,b,在的\n2,a,\"早,\n早\"\n2,b,好\n".encode())
@@ -227,6 +239,9 @@ def test_jsonl_gz_gives_the_same_dataset_byte_for_byte(tmp_path):
             a, b = (json.loads(x) for x in (a, b))
             assert a.pop("sources") == [str(plain)] and b.pop("sources") == [str(packed)]
         assert a == b, f
+    # the dataset's tokenizer normalises raw text by itself
+    tokenizer = json.loads((tmp_path / "gz" / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert tokenizer["normalizer"]["type"] == "Sequence"
 
 
 @pytest.mark.parametrize("suffix, compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)])
