@@ -48,7 +48,9 @@ def _case_files(d: Path) -> dict:
     make("truncated_json", {"trunc.json": '[["你好", "在'})
     make("unequal_pair", {"a.post": "你好\n在吗\n早\n", "a.response": "你好呀\n在的\n"})
     make("rows_without_text_column", {"rows.csv": "Dialogue_ID,Speaker\n1,a\n1,b\n"})
-    packed = gzip.compress("".join(f'["你好{i}", "你好呀{i}"]\n' for i in range(20_000)).encode())
+    # a gzip stream cut in the middle: what decompressed before the cut (~5 MB) is kept, to within the
+    # last megabyte or two (the readers take a megabyte of lines at a time)
+    packed = gzip.compress("".join(f'["你好{i}", "你好呀{i}"]\n' for i in range(300_000)).encode())
     make("truncated_gzip", {"cut.jsonl.gz": packed[:len(packed) // 2]})
     folder = make("output_not_a_dataset", {"good.txt": GOOD})
     (folder / "out").mkdir()
