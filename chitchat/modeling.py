@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from chitchat.errors import ChitchatError
-from chitchat.tokenizer import CLS, PAD, SEP, check_tokenizer, load_tokenizer
+from chitchat.tokenizer import CLS, PAD, SEP, check_tokenizer, ensure_normalizer, load_tokenizer
 
 # "gelu_pytorch_tanh" is GPT-2's tanh-approximated GELU ("gelu_new") as one fused kernel.
 # tiny and small train without dropout: on a CPU it costs about 15% of a training step, and with
@@ -102,7 +102,8 @@ def load_model(path: str | Path, device: str = "cpu", dtype=None):
 def save_model(model, tokenizer, path: str | Path) -> None:
     """Save in Hugging Face format (safetensors), with a generation config naming our special tokens
     and the chat's default sampling (chitchat.generate.SamplingConfig), so that `generate()` without
-    this package samples as `chitchat chat` does (without its MMI reranking)."""
+    this package samples as `chitchat chat` does (without its MMI reranking), and a tokenizer that
+    normalises raw text as the project does (ids unchanged)."""
     from transformers import GenerationConfig
 
     from chitchat.generate import SamplingConfig
@@ -117,4 +118,4 @@ def save_model(model, tokenizer, path: str | Path) -> None:
         min_new_tokens=d.min_len, max_new_tokens=d.max_len,
     )
     model.save_pretrained(str(path), safe_serialization=True)
-    tokenizer.save_pretrained(str(path))
+    ensure_normalizer(tokenizer).save_pretrained(str(path))

@@ -7,12 +7,20 @@ Choices (documented in the README):
 - runs of whitespace fold to one space, and spaces that only segment the text are removed:
   "你 好 ， 世 界" -> "你好,世界", "看到 曾经 的 初恋" -> "看到曾经的初恋",
   "S E E D" -> "SEED", while "hello world" keeps its space.
+
+The same rules, as `tokenizers` normalisers, are saved in every tokenizer.json
+(`chitchat.tokenizer.project_normalizer`), built from the character sets below, so a tokenizer
+loaded without this package encodes raw text as the project does. "Whitespace" is what Python's
+`str.isspace` says (U+001C..U+001F included), "control" is the Unicode categories above as this
+Python's `unicodedata` knows them (Unicode 14 on Python 3.11): characters unassigned there are
+removed, so a tokenizer saved under one Python and used under a newer one removes them too.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from functools import cache
 
 _FULL_TO_HALF = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
 _FULL_TO_HALF[0x3000] = 0x20
@@ -21,6 +29,32 @@ _WIDE = re.compile("[\uff01-\uff5e\u3000]")
 # A space can only survive between two latin letters/digits; text without such a gap loses all spaces.
 _LATIN_GAP = re.compile(r"[A-Za-z0-9]\s+[A-Za-z0-9]")
 _CONTROL_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn"}
+
+
+FULL_TO_HALF = {chr(cp): chr(cp - 0xFEE0) for cp in range(0xFF01, 0xFF5F)} | {"\u3000": " "}
+LATIN_ALNUM = "A-Za-z0-9"
+
+
+@cache
+def whitespace_chars() -> str:
+    """Every character `str.split()` splits at."""
+    return "".join(chr(cp) for cp in range(0x110000) if chr(cp).isspace())
+
+
+@cache
+def control_ranges() -> tuple[tuple[int, int], ...]:
+    """(first, last) code point ranges of the characters `normalize` removes (surrogates left out:
+    they cannot occur in valid Unicode text outside Python)."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x110000):
+        ch = chr(cp)
+        if 0xD800 <= cp <= 0xDFFF or ch.isspace() or unicodedata.category(ch) not in _CONTROL_CATEGORIES:
+            continue
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    return tuple(ranges)
 
 
 def _is_latin_alnum(ch: str) -> bool:

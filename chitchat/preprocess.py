@@ -21,9 +21,10 @@ import numpy as np
 from chitchat.dataset import FORMAT_VERSION, DatasetWriter, commit_dataset_dir, new_dataset_dir, token_dtype, write_split
 from chitchat.errors import ChitchatError
 from chitchat.normalize import normalize
-from chitchat.readers import Dialogue, ReadStats, read_corpus
+from chitchat.readers import FORMATS, Dialogue, ReadStats, RowColumns, read_corpus
 from chitchat.sequences import build_windows
-from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer, tokenizer_tokens, vocab_hash
+from chitchat.tokenizer import (CLS, DEFAULT_VOCAB, SEP, UNK, ensure_normalizer, load_tokenizer, plain_encoder,
+                                tokenizer_tokens, vocab_hash)
 
 BATCH_DIALOGUES = 512
 
@@ -39,6 +40,8 @@ class PreprocessConfig:
     seed: int = 42
     vocab: str = str(DEFAULT_VOCAB)
     progress: bool | None = None  # None: only on a TTY
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # explicit line-aligned files
+    columns: RowColumns = field(default_factory=RowColumns)  # of the one-utterance-per-row layout
 
 
 @dataclass
@@ -150,9 +153,11 @@ def choose_valid(n: int, fraction: float | None, count: int | None, seed: int) -
     return np.sort(valid)
 
 
-def encode_utterances(tokenizer, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
-    """Token ids of each utterance (no special tokens added), by the fast tokenizer in one batch."""
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+def encode_utterances(encoder, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
+    """Token ids of each normalised utterance (no special tokens added), in one batch, by a
+    `chitchat.tokenizer.plain_encoder` (or a fast tokenizer, whose own normaliser gives the same ids)."""
+    backend = getattr(encoder, "backend_tokenizer", encoder)
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     return [np.array(e.ids, dtype=dtype) for e in encodings]
 
 
@@ -161,13 +166,16 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         raise ChitchatError(f"--max-len {cfg.max_len} is too small (at least 4)")
     if cfg.valid_fraction is not None and not 0 <= cfg.valid_fraction < 1:
         raise ChitchatError(f"--valid-fraction {cfg.valid_fraction} must be in [0, 1)")
-    from chitchat.readers import expand_inputs
+    from chitchat.readers import expand_inputs, expand_pairs
 
     paths = expand_inputs(cfg.inputs)  # fail early on missing inputs, before any output exists
-    total_bytes = sum(p.stat().st_size for p in paths)
+    pairs = expand_pairs(cfg.pairs)
+    sources = paths + [p for pair in pairs for p in pair]
+    total_bytes = sum(p.stat().st_size for p in sources)  # compressed files: their size on disk
     summary = Summary(read=ReadStats(), bytes_read=total_bytes)
     out = Path(cfg.output)
-    tokenizer = load_tokenizer(cfg.vocab)
+    tokenizer = ensure_normalizer(load_tokenizer(cfg.vocab))  # saved with the dataset: it normalises raw text
+    encoder = plain_encoder(tokenizer)  # the utterances are normalised already
     tokens = tokenizer_tokens(tokenizer)
     cls_id, sep_id, unk_id = (tokenizer.convert_tokens_to_ids(t) for t in (CLS, SEP, UNK))
     dtype = token_dtype(len(tokens))
@@ -177,14 +185,14 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         writer = DatasetWriter(tmp, dtype)
         kept = 0
         bar = _progress(cfg.progress)
-        dialogues = read_corpus([str(p) for p in paths], summary.read, cfg.format)
+        dialogues = read_corpus([str(p) for p in paths], summary.read, cfg.format, cfg.columns, cfg.pairs)
         for batch in batched(dialogues, BATCH_DIALOGUES):
             cleaned = [c for c in (clean_dialogue(d, cfg.max_len, summary) for d in batch) if c is not None]
             bar.update(len(batch))
             if not cleaned:
                 continue
             flat = [u for c in cleaned for u in c]
-            ids = encode_utterances(tokenizer, flat, dtype)
+            ids = encode_utterances(encoder, flat, dtype)
             fwd, mmi, owners = [], [], []
             pos = 0
             for c in cleaned:
@@ -226,7 +234,7 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
             "vocab_size": len(tokens),
             "dtype": dtype.name,
             "max_len": cfg.max_len,
-            "sources": [str(p) for p in paths],
+            "sources": [str(p) for p in sources],
             "format": cfg.format or "auto",
             "split": {"seed": cfg.seed, "valid_fraction": cfg.valid_fraction, "valid_count": cfg.valid_count,
                       "dialogues_valid": int(len(np.unique(np.fromfile(tmp / "dialogues.bin", np.int64)[np.load(tmp / "valid.npy")]))),
@@ -244,11 +252,20 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="corpus files, folders, globs, or chatterbot:LANG[.TOPIC] (e.g. chatterbot:chinese)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="corpus files (.gz/.bz2/.xz/.zip too), folders, globs, or chatterbot:LANG[.TOPIC] (e.g. chatterbot:chinese)")
     p.add_argument("--output", "-o", required=True, type=Path, help="dataset directory to write (replaced if it is a dataset)")
-    p.add_argument("--format", choices=("text", "json", "jsonl", "yaml", "tsv", "csv", "pipe"),
+    p.add_argument("--format", choices=FORMATS,
                    help="input format for every input (default: detected per file from extension and content)")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("POSTS", "REPLIES"),
+                   help="two line-aligned files read as one corpus (line i of each is one exchange); "
+                        "X.post/X.response, X.src/X.tgt, X.source/X.target among the inputs are paired by name")
+    p.add_argument("--id-column", help="dialogue-id column of one-utterance-per-row files "
+                                       "(default: Dialogue_ID, dialog_id, conv_id, conversation_id or session_id)")
+    p.add_argument("--text-column", help="text column of one-utterance-per-row files "
+                                         "(default: Utterance, text, content or message)")
+    p.add_argument("--speaker-column", help="speaker column of one-utterance-per-row files "
+                                            "(default: Speaker, speaker_id, role or sender, if present)")
     p.add_argument("--max-len", type=int, default=256, help="tokens per training window, [CLS] and [SEP]s included (default 256)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--valid-fraction", type=float, default=None, help="share of dialogues for validation (default 0.05)")
@@ -266,8 +283,11 @@ def run(args) -> int:
     cfg = PreprocessConfig(
         inputs=args.inputs, output=args.output, format=args.format, max_len=args.max_len,
         valid_fraction=fraction, valid_count=args.valid_count, seed=args.seed, vocab=args.vocab,
-        progress=False if args.no_progress else None,
+        progress=False if args.no_progress else None, pairs=[tuple(p) for p in args.pair],
+        columns=RowColumns(args.id_column, args.text_column, args.speaker_column),
     )
+    if not cfg.inputs and not cfg.pairs:
+        raise ChitchatError("no input: give corpus files or folders, or --pair POSTS REPLIES")
     summary = preprocess(cfg)
     print(summary.text())
     print(f"wrote {cfg.output}")

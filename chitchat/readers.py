@@ -4,6 +4,9 @@ One function per format, each `(path, stats) -> Iterator[Dialogue]`. Readers nev
 content: a record of the wrong shape or a line that is not UTF-8 is a counted skip (with a warning
 naming file and line), and a file that cannot be read at all is a one-line error in `stats.errors`.
 Utterances come out as the file has them; normalisation happens later, in one place.
+Every reader takes a `Source` (a plain, compressed or zipped file, see `chitchat.sources`); the
+row layouts (response selection, one utterance per row, line-aligned pairs) are in
+`chitchat.layouts`.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import glob
 import json
 import os
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from chitchat.errors import ChitchatError
+from chitchat.layouts import RowColumns, read_pair, read_rows, read_selection, sniff
+from chitchat.sources import (BOM, COMPRESSED, STREAM_ERRORS, Dialogue, Pair, ReadStats, Source, decoded_lines,
+                              inner_name, is_pair_second, partner_name)
 
-FORMATS = ("text", "json", "jsonl", "yaml", "tsv", "csv", "pipe")
+__all__ = ["Dialogue", "ReadStats", "RowColumns", "Source", "FORMATS", "detect_format", "expand_inputs", "read_corpus"]
+
+FORMATS = ("text", "json", "jsonl", "yaml", "tsv", "csv", "pipe", "selection", "rows")
 _EXTENSIONS = {
     ".txt": "text", ".text": "text", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".yml": "yaml", ".yaml": "yaml", ".tsv": "tsv", ".csv": "csv",
@@ -28,40 +36,8 @@ _EXTENSIONS = {
 # Keys under which JSON/JSONL objects hold a dialogue, and under which a turn holds its text.
 _DIALOGUE_KEYS = ("messages", "dialog", "dialogue", "conversation", "conversations", "utterances", "turns", "content")
 _TURN_KEYS = ("message", "text", "content", "utterance", "value")
-_BOM = b"\xef\xbb\xbf"
 _HEADER = re.compile(r"[A-Za-z_ ]+")
-MAX_WARNINGS = 20
-
-
-@dataclass
-class Dialogue:
-    utterances: list[str]
-    source: str  # "path:line" or "path#index", for messages
-
-
-@dataclass
-class ReadStats:
-    """What the readers saw: dialogue records read, skipped by reason, and file-level errors."""
-
-    files: int = 0
-    read: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    warning_count: int = 0
-
-    @property
-    def kept(self) -> int:
-        return self.read - sum(self.skipped.values())
-
-    def skip(self, reason: str, where: str, detail: str = "") -> None:
-        self.skipped[reason] += 1
-        self.warning_count += 1
-        if len(self.warnings) < MAX_WARNINGS:
-            self.warnings.append(f"{where}: skipped ({reason}){': ' + detail if detail else ''}")
-
-    def error(self, message: str) -> None:
-        self.errors.append(message)
+SAMPLE_BYTES = 65536
 
 
 def _as_utterance(turn) -> str | None:
@@ -105,19 +81,13 @@ def _emit(record, where: str, stats: ReadStats) -> Iterator[Dialogue]:
     yield Dialogue(utterances, where)
 
 
-def _decoded_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, str | None]]:
+def _decoded_lines(src: Source) -> Iterator[tuple[int, str | None]]:
     """(line number, text) for each line; text is None for a line that is not valid UTF-8."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
-            try:
-                yield lineno, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                yield lineno, None
+    with src.open() as f:
+        yield from decoded_lines(f)
 
 
-def read_text(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+def read_text(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """GPT2-chitchat style: one utterance per line, a blank line between dialogues."""
     turns: list[str] = []
     start, bad = 0, 0  # bad: the first line of this dialogue that is not UTF-8 (0: none)
@@ -130,7 +100,7 @@ def read_text(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
             return None
         return Dialogue(list(turns), where)
 
-    for lineno, line in _decoded_lines(path, stats):
+    for lineno, line in _decoded_lines(path):
         if line is not None and not line.strip():
             if turns or bad:
                 d = flush()
@@ -150,33 +120,37 @@ def read_text(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
             yield d
 
 
-def _delimited(path: Path, stats: ReadStats, split: Callable[[str], list[str]]) -> Iterator[Dialogue]:
-    for lineno, line in _decoded_lines(path, stats):
-        where = f"{path}:{lineno}"
+def _delimited(path: Source, stats: ReadStats, sep: str, strip: bool) -> Iterator[Dialogue]:
+    """One dialogue per line, turns separated by `sep`; empty cells dropped, the others stripped
+    when `strip`. The hot loop of the line layouts, kept to C-level calls."""
+    name = str(path)  # once: formatting a Source per line costs more than reading the line
+    for lineno, line in _decoded_lines(path):
         if line is None:
             stats.read += 1
-            stats.skip("invalid_utf8", where)
+            stats.skip("invalid_utf8", f"{name}:{lineno}")
             continue
-        if not line.strip():
+        if not line or line.isspace():
             continue
         stats.read += 1
-        yield Dialogue([c for c in split(line) if c.strip()], where)
+        cells = line.split(sep)
+        turns = [c for c in map(str.strip, cells) if c] if strip else [c for c in cells if c and not c.isspace()]
+        yield Dialogue(turns, f"{name}:{lineno}")
 
 
-def read_tsv(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+def read_tsv(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """One dialogue per line, turns separated by tabs (question-answer pairs or more columns)."""
-    return _delimited(path, stats, lambda line: line.split("\t"))
+    return _delimited(path, stats, "\t", strip=False)
 
 
-def read_pipe(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
-    """One dialogue per line, turns separated by '|'."""
-    return _delimited(path, stats, lambda line: line.split("|"))
+def read_pipe(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
+    """One dialogue per line, turns separated by '|' (` | ` too: cells are stripped); a comma is text."""
+    return _delimited(path, stats, "|", strip=True)
 
 
-def read_csv(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+def read_csv(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """One dialogue per CSV row (RFC 4180 quoting), turns in columns."""
     def good_lines() -> Iterator[str]:
-        for lineno, line in _decoded_lines(path, stats):
+        for lineno, line in _decoded_lines(path):
             if line is None:
                 stats.read += 1
                 stats.skip("invalid_utf8", f"{path}:{lineno}")
@@ -196,10 +170,11 @@ def read_csv(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
         stats.error(f"{path}:{reader.line_num}: invalid CSV: {e}")
 
 
-def read_jsonl(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+def read_jsonl(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """One dialogue per line: a JSON list of utterances, or an object holding one."""
-    for lineno, line in _decoded_lines(path, stats):
-        where = f"{path}:{lineno}"
+    name = str(path)
+    for lineno, line in _decoded_lines(path):
+        where = f"{name}:{lineno}"
         if line is None:
             stats.read += 1
             stats.skip("invalid_utf8", where)
@@ -215,7 +190,7 @@ def read_jsonl(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
         yield from _emit(record, where, stats)
 
 
-def _json_error(path: Path, f, e: Exception) -> str:
+def _json_error(path: Source, f, e: Exception) -> str:
     msg = e.args[0] if len(e.args) == 1 else str(e)
     if isinstance(msg, bytes):  # ijson's C backend: the message, then an excerpt of the input
         msg = msg.decode("utf-8", errors="replace")
@@ -227,8 +202,8 @@ def _json_error(path: Path, f, e: Exception) -> str:
 
 
 def _first_char(f) -> bytes:
-    head = f.read(len(_BOM))
-    if head != _BOM:
+    head = f.read(len(BOM))
+    if head != BOM:
         f.seek(0)
     start = f.tell()
     while True:
@@ -239,13 +214,13 @@ def _first_char(f) -> bytes:
         start = f.tell()
 
 
-def read_json(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+def read_json(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """A JSON list of dialogues (lists of strings, or KdConv's `{"messages": [{"message": ...}]}`),
     or an object mapping split names to such lists (LCCC / CDial-GPT). Streamed with ijson, so a
     multi-GB file does not have to fit in memory."""
     import ijson
 
-    with open(path, "rb") as f:
+    with path.open() as f:
         first = _first_char(f)
         if first == b"[":
             prefixes = [("item", str(path))]
@@ -258,6 +233,8 @@ def read_json(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
                         keys.append(v)
                     elif ev == "start_array" and keys and p == keys[-1]:
                         lists.append(p)
+            except STREAM_ERRORS:
+                raise
             except Exception as e:  # ijson raises several types for malformed input
                 stats.error(_json_error(path, f, e))
                 return
@@ -278,19 +255,21 @@ def read_json(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
             try:
                 for index, record in enumerate(ijson.items(f, prefix)):
                     yield from _emit(record, f"{label}[{index}]", stats)
+            except STREAM_ERRORS:
+                raise
             except Exception as e:
                 stats.error(_json_error(path, f, e))
                 return
             f.seek(start)
 
 
-def read_yaml(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
+def read_yaml(path: Source, stats: ReadStats) -> Iterator[Dialogue]:
     """ChatterBot corpus YAML: `conversations:` holding lists of utterances."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        with open(path, "rb") as f:
+        with path.open() as f:
             data = yaml.load(f, Loader=loader)
     except UnicodeDecodeError as e:
         stats.error(f"{path}: invalid UTF-8 at byte {e.start}")
@@ -315,34 +294,16 @@ def read_yaml(path: Path, stats: ReadStats) -> Iterator[Dialogue]:
         yield from _emit(record, f"{path}#conversations[{index}]", stats)
 
 
-READERS: dict[str, Callable[[Path, ReadStats], Iterator[Dialogue]]] = {
+READERS: dict[str, Callable[[Source, ReadStats], Iterator[Dialogue]]] = {
     "text": read_text, "json": read_json, "jsonl": read_jsonl, "yaml": read_yaml,
-    "tsv": read_tsv, "csv": read_csv, "pipe": read_pipe,
+    "tsv": read_tsv, "csv": read_csv, "pipe": read_pipe, "selection": read_selection, "rows": read_rows,
 }
 
 
-def _sniff_lines(sample: str) -> str:
-    lines = sample.splitlines()[:200]
-    nonblank = [l for l in lines if l.strip()]
-    if not nonblank or len(nonblank) < len(lines):  # blank lines separate dialogues
-        return "text"
-    if sum("\t" in l for l in nonblank) >= 0.8 * len(nonblank):
-        return "tsv"
-    if sum("|" in l for l in nonblank) >= 0.8 * len(nonblank):
-        return "pipe"
-    return "text"
-
-
-def detect_format(path: Path) -> str:
-    """The format of a file from its extension and, where that is ambiguous, its first 64 KiB."""
-    ext = _EXTENSIONS.get(path.suffix.lower())
-    if ext in ("jsonl", "yaml", "csv"):
-        return ext
-    with open(path, "rb") as f:
-        sample = f.read(65536)
-    text = sample.removeprefix(_BOM).decode("utf-8", errors="replace")
+def _detect(sample: bytes, ext: str | None, columns: RowColumns | None) -> str:
+    text = sample.removeprefix(BOM).decode("utf-8", errors="replace")
     stripped = text.lstrip()
-    if ext != "text" and stripped[:1] in ("[", "{"):
+    if ext not in ("text", "csv") and stripped[:1] in ("[", "{"):
         first_line = stripped.split("\n", 1)[0]
         try:
             json.loads(first_line)
@@ -351,11 +312,21 @@ def detect_format(path: Path) -> str:
             return "json"
     if ext == "json":
         return "json"
-    if ext != "text" and stripped.startswith(("conversations:", "categories:")):
+    if ext not in ("text", "csv") and stripped.startswith(("conversations:", "categories:")):
         return "yaml"
-    if ext == "tsv":
-        return "tsv"
-    return _sniff_lines(text)
+    return sniff(text, ext, columns or RowColumns(), truncated=len(sample) >= SAMPLE_BYTES)
+
+
+def detect_format(path: Path | Source, columns: RowColumns | None = None) -> str:
+    """The format of a file from its (inner) extension and, where that is ambiguous, its first
+    64 KiB (see `chitchat.layouts.sniff` for delimited files)."""
+    src = path if isinstance(path, Source) else Source(Path(path))
+    ext = _EXTENSIONS.get(src.suffix)
+    if ext in ("jsonl", "yaml"):
+        return ext
+    with src.open() as f:
+        sample = f.read(SAMPLE_BYTES)
+    return _detect(sample, ext, columns)
 
 
 def chatterbot_files(name: str) -> list[Path]:
@@ -378,6 +349,13 @@ def chatterbot_files(name: str) -> list[Path]:
     return files
 
 
+def is_corpus_name(name: str) -> bool:
+    """A name a folder search picks up: a corpus extension, compressed or not, a line-aligned
+    pair file, or a .zip."""
+    inner = Path(inner_name(name)).suffix.lower()
+    return inner in _EXTENSIONS or partner_name(name) is not None or is_pair_second(name) or name.lower().endswith(".zip")
+
+
 def _folder_files(folder: Path) -> list[Path]:
     """Files with a corpus extension under `folder`, recursively, leaving out hidden files and
     folders (.git, the temporary directories of a run in progress) and the datasets that
@@ -389,7 +367,7 @@ def _folder_files(folder: Path) -> list[Path]:
             dirnames[:] = []
             continue
         dirnames[:] = [n for n in dirnames if not n.startswith(".")]
-        found.extend(d / n for n in filenames if not n.startswith(".") and Path(n).suffix.lower() in _EXTENSIONS)
+        found.extend(d / n for n in filenames if not n.startswith(".") and is_corpus_name(n))
     return sorted(q for q in found if q.is_file())
 
 
@@ -408,7 +386,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
             if p.is_dir():
                 found = _folder_files(p)
                 if not found:
-                    raise ChitchatError(f"{p}: folder holds no corpus file ({', '.join(sorted(_EXTENSIONS))})")
+                    raise ChitchatError(f"{p}: folder holds no corpus file ({', '.join(sorted(_EXTENSIONS))}, "
+                                        "compressed or not, .zip, line-aligned pairs)")
                 paths.extend(found)
             elif p.is_file():
                 paths.append(p)
@@ -417,16 +396,86 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return paths
 
 
-def read_corpus(inputs: Iterable[str], stats: ReadStats, fmt: str | None = None) -> Iterator[Dialogue]:
-    """All dialogues of all inputs, in order. Unreadable files become errors in `stats`."""
+def _sources(paths: list[Path], stats: ReadStats, fmt: str | None) -> Iterator[Source | Pair]:
+    """Sources in input order; the two files of a line-aligned pair become one `Pair` where the
+    first of them stands. A pair file without its partner is an error, unless --format says how
+    to read it alone."""
+    present = set(paths)
+    paired = {p.with_name(partner_name(p.name)) for p in paths if partner_name(p.name)} & present
+    for p in paths:
+        partner = partner_name(p.name)
+        if partner and p.with_name(partner) in present:
+            yield Pair(Source(p), Source(p.with_name(partner)))
+        elif p in paired:
+            continue  # read with its first file
+        elif (partner or is_pair_second(p.name)) and fmt is None:
+            stats.files += 1
+            other = partner or "its other file"
+            stats.error(f"{p}: line-aligned file without {other} among the inputs (or give both with --pair)")
+        elif p.suffix.lower() == ".zip":
+            yield from _zip_members(p, stats)
+        else:
+            yield Source(p)
+
+
+def _zip_members(path: Path, stats: ReadStats) -> Iterator[Source]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [i.filename for i in z.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError) as e:
+        stats.files += 1
+        stats.error(f"{path}: not a readable zip file: {_first_line(e)}")
+        return
+    members = [n for n in names if not Path(n).name.startswith(".") and Path(inner_name(n)).suffix.lower() in _EXTENSIONS
+               and Path(n).suffix.lower() not in COMPRESSED]
+    if not members:
+        stats.files += 1
+        stats.error(f"{path}: zip file holds no corpus file")
+    for n in members:
+        yield Source(path, n)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_source(src: Source, stats: ReadStats, fmt: str | None, columns: RowColumns | None) -> Iterator[Dialogue]:
+    with src.open() as f:
+        sample = f.read(SAMPLE_BYTES)
+    if not sample:
+        stats.error(f"{src}: empty file")
+        return
+    ext = _EXTENSIONS.get(src.suffix)
+    fmt = fmt or (ext if ext in ("jsonl", "yaml") else _detect(sample, ext, columns))
+    reader = partial(read_rows, columns=columns) if fmt == "rows" else READERS[fmt]
+    yield from reader(src, stats)
+
+
+def read_corpus(inputs: Iterable[str], stats: ReadStats, fmt: str | None = None, columns: RowColumns | None = None,
+                pairs: Iterable[tuple[str, str]] = ()) -> Iterator[Dialogue]:
+    """All dialogues of all inputs (then of the explicit line-aligned `pairs`), in order.
+    Unreadable files become errors in `stats`."""
     if fmt is not None and fmt not in READERS:
         raise ChitchatError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    for path in expand_inputs(inputs):
-        stats.files += 1
+    items = list(_sources(expand_inputs(inputs), stats, fmt))
+    items += [Pair(Source(Path(a)), Source(Path(b))) for a, b in expand_pairs(pairs)]
+    for item in items:
+        stats.files += 2 if isinstance(item, Pair) else 1
         try:
-            if os.path.getsize(path) == 0:
-                stats.error(f"{path}: empty file")
-                continue
-            yield from READERS[fmt or detect_format(path)](path, stats)
+            yield from read_pair(item, stats) if isinstance(item, Pair) else _read_source(item, stats, fmt, columns)
+        except STREAM_ERRORS as e:
+            stats.error(f"{item}: corrupt or truncated compressed data: {_first_line(e)}")
         except OSError as e:
-            stats.error(f"{path}: cannot read: {e.strerror}")
+            stats.error(f"{item}: cannot read: {e.strerror or _first_line(e)}")
+
+
+def expand_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[Path, Path]]:
+    """Explicit line-aligned pairs (`--pair POSTS REPLIES`), checked to exist."""
+    out = []
+    for a, b in pairs:
+        for p in (a, b):
+            if not Path(p).is_file():
+                raise ChitchatError(f"{p}: no such file (--pair)")
+        out.append((Path(a), Path(b)))
+    return out

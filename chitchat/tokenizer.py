@@ -3,18 +3,23 @@
 A vocabulary is a text file, one token per line: the special tokens first, then "▁" (the space),
 then characters. The tokenizer is a `tokenizers` WordLevel model over single characters, wrapped
 in a `transformers` fast tokenizer and saved next to every model and dataset, so that
-`AutoTokenizer.from_pretrained(dir)` works without this package.
+`AutoTokenizer.from_pretrained(dir)` works without this package. Its normaliser is
+`chitchat.normalize.normalize` written as `tokenizers` normalisers (`project_normalizer`), so raw
+text gets the ids the model was trained on; `upgrade_tokenizer` gives an older saved tokenizer
+(which only mapped " " to "▁") that normaliser, without changing any id.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from chitchat.errors import ChitchatError
-from chitchat.normalize import normalize
+from chitchat.normalize import FULL_TO_HALF, LATIN_ALNUM, control_ranges, normalize, whitespace_chars
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP)
@@ -93,13 +98,87 @@ def write_vocab(tokens: list[str], path: str | Path) -> None:
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
 
 
+def _char_class(chars: Iterable[str] = (), ranges: Iterable[tuple[int, int]] = (), negate: bool = False) -> str:
+    parts = [f"\\x{{{ord(c):X}}}" for c in chars]
+    parts += [f"\\x{{{a:X}}}" + (f"-\\x{{{b:X}}}" if b > a else "") for a, b in ranges]
+    return "[" + ("^" if negate else "") + "".join(parts) + "]"
+
+
+def project_normalizer():
+    """`chitchat.normalize.normalize`, then " " -> "▁", as a `tokenizers` normaliser sequence:
+    full-width forms to half-width (one Replace per character: NFKC would also rewrite "…" and
+    other characters the vocabulary holds), control characters removed, then each run of
+    whitespace becomes "▁" where a space survives (between two latin letters/digits, unless both
+    neighbouring words are one character long) and disappears everywhere else. Idempotent, so text
+    the project has already normalised encodes exactly as before."""
+    from tokenizers import Regex, normalizers
+
+    ws = whitespace_chars()
+    w, not_w = _char_class(ws), _char_class(ws, negate=True)
+    latin = f"[{LATIN_ALNUM}]"
+    # a gap between latin P and T keeps a space when P's word or T's word is longer than one character
+    kept = f"(?<={not_w}{latin}){w}+(?={latin})|(?<={latin}){w}+(?={latin}{not_w})"
+    steps = [normalizers.Replace(wide, half) for wide, half in FULL_TO_HALF.items()]
+    steps += [
+        normalizers.Replace(Regex(_char_class(ranges=control_ranges())), ""),
+        normalizers.Replace(Regex(kept), SPACE),
+        normalizers.Replace(Regex(w + "+"), ""),
+    ]
+    return normalizers.Sequence(steps)
+
+
+def plain_encoder(tokenizer):
+    """A copy of a fast tokenizer's backend for text `normalize` has already made canonical: it
+    only maps " " to "▁" (what project_normalizer does to such text, a step instead of a hundred)."""
+    from tokenizers import Tokenizer, normalizers
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.normalizer = normalizers.Replace(" ", SPACE)
+    return backend
+
+
+def ensure_normalizer(tokenizer):
+    """Give a fast tokenizer (in place) the project's normaliser; returns it. Ids do not change."""
+    tokenizer.backend_tokenizer.normalizer = project_normalizer()
+    return tokenizer
+
+
+def upgrade_tokenizer(path: str | Path) -> bool:
+    """Rewrite a saved tokenizer.json (a model directory, a dataset directory, or the file) so that
+    it carries the project's normaliser, as tokenizers saved before it was added do not: raw text
+    then gets the ids the model was trained on, without this package. The vocabulary, the added
+    tokens and every id stay as they are (checked). Returns False when it already had it."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    file = next((f for f in (path, path / "tokenizer.json", path / "tokenizer" / "tokenizer.json") if f.is_file()), None)
+    if file is None:
+        raise ChitchatError(f"no tokenizer.json in {path}")
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a plain Exception for malformed files
+        raise ChitchatError(f"{file}: cannot load tokenizer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    before = tok.get_vocab(with_added_tokens=True)
+    normalizer = project_normalizer()
+    old = json.loads(tok.to_str()).get("normalizer")
+    tok.normalizer = normalizer
+    if json.loads(tok.to_str())["normalizer"] == old:
+        return False
+    if tok.get_vocab(with_added_tokens=True) != before:
+        raise ChitchatError(f"{file}: the vocabulary changed while upgrading (not written)")
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    tok.save(str(tmp))
+    os.replace(tmp, file)
+    return True
+
+
 def build_tokenizer(tokens: list[str]):
-    """A `transformers` fast tokenizer over a character vocabulary."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    """A `transformers` fast tokenizer over a character vocabulary, normalising as the project does."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK))
-    tok.normalizer = normalizers.Replace(" ", SPACE)
+    tok.normalizer = project_normalizer()
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.Fuse()])
     hf = PreTrainedTokenizerFast(

@@ -5,6 +5,7 @@ The child processes of all cases run two at a time, once, from a module fixture;
 checks its own case.
 """
 
+import gzip
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,12 @@ def _case_files(d: Path) -> dict:
     make("json_list_of_numbers", {"numbers.json": "[1, 2, 3]"})
     make("json_object_of_strings", {"strings.json": '{"a": "x", "b": "y"}'})
     make("truncated_json", {"trunc.json": '[["你好", "在'})
+    make("unequal_pair", {"a.post": "你好\n在吗\n早\n", "a.response": "你好呀\n在的\n"})
+    make("rows_without_text_column", {"rows.csv": "Dialogue_ID,Speaker\n1,a\n1,b\n"})
+    # a gzip stream cut in the middle: what decompressed before the cut (~5 MB) is kept, to within the
+    # last megabyte or two (the readers take a megabyte of lines at a time)
+    packed = gzip.compress("".join(f'["你好{i}", "你好呀{i}"]\n' for i in range(300_000)).encode())
+    make("truncated_gzip", {"cut.jsonl.gz": packed[:len(packed) // 2]})
     folder = make("output_not_a_dataset", {"good.txt": GOOD})
     (folder / "out").mkdir()
     (folder / "out" / "keep.me").write_text("precious", encoding="utf-8")
@@ -95,6 +102,9 @@ EXPECTED = {
                                  r"warning: {d}/numbers\.json\[2\]: skipped \(bad_shape\)"]),
     "json_object_of_strings": (2, [r"error: {d}/strings\.json: JSON object holds no list of dialogues \(keys: a, b\)"]),
     "truncated_json": (2, [r"error: {d}/trunc\.json: invalid JSON near byte \d+: parse error: premature EOF"]),
+    "unequal_pair": (2, [r"error: {d}/a\.post has 3 lines but {d}/a\.response has 2: line-aligned files need one line per exchange$"]),
+    "rows_without_text_column": (2, [r"error: {d}/rows\.csv: header has no text column \(columns: Dialogue_ID, Speaker\); name it with --text-column$"]),
+    "truncated_gzip": (0, [r"error: {d}/cut\.jsonl\.gz: corrupt or truncated compressed data: Compressed file ended"]),
     "output_not_a_dataset": (2, [r"chitchat preprocess: error: {d}/out exists and is not a chitchat dataset"]),
     "output_is_a_file": (2, [r"chitchat preprocess: error: {d}/out exists and is not a directory"]),
     "mixed_folder": (0, [
