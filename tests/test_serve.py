@@ -24,7 +24,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from chitchat.cli import build_parser
 from chitchat.errors import ChitchatError
-from chitchat.generate import Engine, SamplingConfig
+from chitchat.generate import Engine, ReplyStep, SamplingConfig
 from chitchat.serve import ServeConfig, config_from_args, create_app
 from chitchat.serve_sessions import SessionStore
 from chitchat.serve_worker import ModelWorker, WorkerUnavailable
@@ -61,16 +61,16 @@ def client(engine):
 
 
 class Spy:
-    """Records each Engine.replies call (histories, sampling); optionally holds it until released."""
+    """Records each Engine.replies_stream call (histories, sampling); optionally holds it until released."""
 
     def __init__(self, engine, monkeypatch, hold: bool = False):
-        self.real = engine.replies
+        self.real = engine.replies_stream
         self.calls: list[tuple[list, SamplingConfig, int | None]] = []
         self.entered = threading.Event()
         self.release = threading.Event()
         if not hold:
             self.release.set()
-        monkeypatch.setattr(engine, "replies", self)
+        monkeypatch.setattr(engine, "replies_stream", self)
 
     def __call__(self, histories, sampling=None, seed=None, **kw):
         self.calls.append(([list(h) for h in histories], sampling, seed))
@@ -457,7 +457,7 @@ class FakeEngine:
         self.delay = delay
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def replies(self, histories, sampling, seed=None, mmi=True):
+    def replies_stream(self, histories, sampling, seed=None, mmi=True):
         last = [h[-1] for h in histories]
         self.calls.append((last, seed))
         if "wait" in last:
@@ -466,6 +466,7 @@ class FakeEngine:
         time.sleep(self.delay)
         if "bad" in last:
             raise ChitchatError("bad history")
+        yield ReplyStep(1, {})
         return [type("R", (), {"text": t.upper()})() for t in last]
 
 
