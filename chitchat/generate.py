@@ -42,7 +42,7 @@ import mmap
 import os
 from collections.abc import Generator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,30 @@ class ReplyStep:
 
 
 Steps = Generator  # a generator of steps whose return value is the final result (see run_to_end)
+
+
+@dataclass
+class WrittenText:
+    """One reply's text as `Engine.replies_stream` writes it (one candidate: the reply is known as
+    it is written). `add` each step's token; it returns the new text."""
+
+    engine: "Engine"
+    attempt: int = 0  # the sampling round whose tokens `ids` holds
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # what `add` has returned so far, joined
+
+    def add(self, step: ReplyStep, row: int) -> str:
+        """The new text once history `row`'s token of `step` (its only candidate's) is added."""
+        if step.attempt != self.attempt:  # a new round: the last one's reply was empty, nothing was shown
+            self.attempt, self.ids = step.attempt, []
+        tokens = step.tokens.get(row)
+        token = tokens[0] if tokens else None
+        if token is None or token == self.engine.sep_id:
+            return ""
+        self.ids.append(token)
+        text = self.engine.decode(self.ids)  # a prefix of the next one's: decode strips spaces at the ends only
+        new, self.text = text[len(self.text):], text
+        return new
 
 
 def run_to_end(steps: Generator):

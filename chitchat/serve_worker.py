@@ -23,9 +23,9 @@ import asyncio
 import queue
 import threading
 import time
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass
 
-from chitchat.generate import Engine, Reply, SamplingConfig
+from chitchat.generate import Engine, Reply, SamplingConfig, WrittenText
 
 
 class WorkerUnavailable(Exception):
@@ -42,23 +42,14 @@ class Job:
     future: asyncio.Future
     deltas: asyncio.Queue | None = None  # streaming: text as it is written, then None
     cancelled: bool = False  # set from the event loop when the client has gone
-    attempt: int = 0  # the sampling round whose tokens `ids` holds
-    ids: list[int] = field(default_factory=list)
-    sent: str = ""  # the text put on `deltas` so far
+    written: WrittenText | None = None  # the text put on `deltas` so far
+
+    @property
+    def sent(self) -> str:
+        return self.written.text if self.written is not None else ""
 
     def group_key(self):
         return ("alone", id(self)) if self.seed is not None else (astuple(self.sampling), self.mmi)
-
-    def take(self, attempt: int, token: int | None, engine: Engine) -> str:
-        """The new text once `token` (None: none this step) is added to the reply being written."""
-        if attempt != self.attempt:  # a new round (the last one's reply was empty: nothing was sent)
-            self.attempt, self.ids = attempt, []
-        if token is None or token == engine.sep_id:
-            return ""
-        self.ids.append(token)
-        text = engine.decode(self.ids)  # a prefix of the next one's: decode only strips spaces at the ends
-        new, self.sent = text[len(self.sent):], text
-        return new
 
     def post(self, callback, *args) -> None:
         try:
@@ -182,10 +173,11 @@ class ModelWorker:
             while True:
                 step = steps.send(give_up)
                 if live:
-                    for i, tokens in step.tokens.items():
-                        j = group[i]
-                        if j.deltas is not None and (new := j.take(step.attempt, tokens[0], engine)):
-                            j.post(j.deltas.put_nowait, new)
+                    for i, j in enumerate(group):
+                        if j.deltas is not None:
+                            j.written = j.written or WrittenText(engine)
+                            if new := j.written.add(step, i):
+                                j.post(j.deltas.put_nowait, new)
                 give_up = {i for i, j in enumerate(group) if j.cancelled} - gone or None
                 if give_up:
                     gone |= give_up
