@@ -107,7 +107,7 @@ def main() -> int:
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "chat-page.png")
     p.add_argument("--message", action="append", dest="messages", metavar="TEXT",
                    help=f"a message to send, in order (default: {' / '.join(MESSAGES)})")
-    p.add_argument("--size", default="900x820", help="window size WxH (default 900x820)")
+    p.add_argument("--size", default="900x980", help="window size WxH (default 900x980)")
     p.add_argument("serve_args", nargs="*", help="more `chitchat serve` options, after --")
     args = p.parse_args()
     width, height = (int(x) for x in args.size.split("x"))
