@@ -16,7 +16,7 @@ COMMANDS = {
     "chat": ("chitchat.chat", "chat in the terminal (the default model is trained on first use)"),
     "train": ("chitchat.train", "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
     "eval": ("chitchat.evaluate", "score models on a dialogue dataset (perplexity, BLEU, distinct-n, F1, ...)"),
-    "serve": ("chitchat.serve", "serve the bot over HTTP (FastAPI on uvicorn)"),
+    "serve": ("chitchat.serve", "serve the bot over HTTP (FastAPI on uvicorn), with a chat page at /"),
 }
 
 

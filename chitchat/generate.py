@@ -20,6 +20,10 @@ No terminal code here: the chat REPL, the evaluator and the server all drive `En
 - `Engine.generate` samples `candidates` replies for each of several histories: histories are
   left-padded into one batch, each is read once (prefill), its cache rows are shared by its
   candidates, and every step feeds one new token per row. A candidate ends at [SEP] or at `max_len`.
+- Streaming: `generate_stream` and `replies_stream` are the same loops as generators, yielding each
+  decoding step's new tokens; `generate` and `replies` drive them to the end, so both forms give
+  the same candidates for the same seed. A history given up (`send`) leaves the batch: its rows
+  are cut out of the key/value cache and the decoding goes on with the others.
 - Sampling: repetition penalty, no-repeat n-grams, temperature, top-k, top-p, in that order.
   [PAD], [UNK] and [CLS] are never produced, nor a space as the first token (normalised text never
   starts with one), nor [SEP] before `min_len` tokens.

@@ -29,6 +29,9 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2
 MODEL_ID = "chitchat"
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {  # one server-sent event
     "data": {"type": "string", "description": "a chat.completion.chunk as JSON; [DONE] last"}}}
+SESSION_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": 'JSON: {"type": "delta", "text"}, then {"type": "reply", ...the '
+                                              'turn} or {"type": "error", "error"}'}}}
 
 
 @dataclass
@@ -194,7 +197,7 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
         return s
 
     @app.post("/sessions/{session_id}/messages", response_model=S.SessionReply, responses={
-        **missing, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
+        **missing, 200: {"content": {"text/event-stream": {"schema": SESSION_EVENT}},
                          "description": "the turn, or with stream: delta events, then a reply (or error) event"}},
         summary="the bot's turn in a session")
     async def session_message(session_id: str, req: M.SessionMessage):

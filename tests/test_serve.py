@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,6 +120,17 @@ def test_healthz_info_models_and_openapi(client, model_dirs):
             "/sessions/{session_id}", "/healthz", "/info"} <= set(paths)
     body = paths["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("GenerateRequest")
+
+
+def test_the_chat_page_is_served_and_self_contained(engine):
+    with serve(engine, api_key="s3cret") as c:
+        r = c.get("/")  # open, like /healthz: the page itself asks for the key
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        page = r.text
+        assert "/sessions" in page and "isComposing" in page and "compositionend" in page
+        # nothing fetched from elsewhere: no URL with a host, no font or script from a CDN
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page, re.I) and "@import" not in page
+        assert "/" not in c.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()["paths"]
 
 
 def test_generate_and_candidates(client):

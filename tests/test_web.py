@@ -86,7 +86,8 @@ new MutationObserver((records) => {
 def test_chat_page(driver, model_dirs):
     from selenium.webdriver.common.keys import Keys
 
-    with running_server(model_dirs, "--candidates", "1", "--min-len", "24", "--max-len", "24",
+    # one candidate: the reply streams; 48 tokens, so that it takes a while to write even on a fast machine
+    with running_server(model_dirs, "--candidates", "1", "--min-len", "48", "--max-len", "48",
                         "--threads", "1") as server:
         driver.get(server.url + "/")
         wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === 'true'"), "page ready")
@@ -111,7 +112,9 @@ def test_chat_page(driver, model_dirs):
         text = first.find_element("css selector", ".text").text
         pieces = driver.execute_script("return window.pieces")
         assert text.strip() and "".join(p for _, p in pieces) == text
-        assert len(pieces) >= 10 and len({n for n, _ in pieces}) >= 2  # it appeared piece by piece, not at once
+        callbacks = len({n for n, _ in pieces})
+        assert len(pieces) >= 40 and callbacks >= 2, (len(pieces), callbacks)  # piece by piece, not at once
+        print(f"the reply came in {len(pieces)} pieces, seen by the page in {callbacks} separate updates")
 
         # a second message in the same session
         session = driver.execute_script("return sessionStorage.getItem('chitchat-session')")
