@@ -797,4 +797,13 @@ def test_a_client_leaving_mid_stream_frees_its_place(model_dirs):
         assert info["waiting"] == 0 and info["answered"] == 1
         r = httpx.post(server.url + "/v1/chat/completions", json={"messages": USER}, timeout=30)
         assert r.status_code == 200 and len(r.json()["choices"][0]["message"]["content"]) >= 32
+        # a session turn left mid-stream: given up too, and not recorded
+        sid = httpx.post(server.url + "/sessions").json()["id"]
+        with httpx.stream("POST", f"{server.url}/sessions/{sid}/messages", json={"text": "你好", "stream": True},
+                          timeout=30) as r:
+            assert json.loads(next(line for line in r.iter_lines() if line)[6:])["type"] == "delta"
+        wait_for(lambda: httpx.get(server.url + "/info").json()["worker"]["cancelled"] == 2)
+        assert httpx.get(f"{server.url}/sessions/{sid}").json()["turns"] == 0
+        turn = httpx.post(f"{server.url}/sessions/{sid}/messages", json={"text": "你好"}, timeout=30).json()
+        assert turn["turns"] == 1  # the session's lock was let go
     assert "Traceback" not in server.stderr and "Error" not in server.stderr, server.stderr
