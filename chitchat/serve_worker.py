@@ -156,6 +156,7 @@ class ModelWorker:
                     if j.sent:  # its client has seen text of this attempt: it cannot start again
                         self._finish([j], [e])
                     else:
+                        j.written = None
                         self._answer([j])
                 return
             results = [e]

@@ -807,3 +807,30 @@ def test_a_client_leaving_mid_stream_frees_its_place(model_dirs):
         turn = httpx.post(f"{server.url}/sessions/{sid}/messages", json={"text": "你好"}, timeout=30).json()
         assert turn["turns"] == 1  # the session's lock was let go
     assert "Traceback" not in server.stderr and "Error" not in server.stderr, server.stderr
+
+
+def test_streaming_requests_share_decoding_steps_with_the_others(engine, monkeypatch):
+    spy = Spy(engine, monkeypatch, hold=True)
+    worker = ModelWorker(engine, window_ms=0, max_batch=8)
+    one = SamplingConfig(max_len=10, min_len=10, candidates=1)
+
+    async def main():
+        first = worker.submit(["一"], one)
+        await asyncio.to_thread(spy.entered.wait, 10)
+        jobs = [worker.submit([t], one, stream=k < 2) for k, t in enumerate(["你好", "在吗", "吃了吗"])]
+        spy.release.set()
+        pieces = []
+        for job in jobs[:2]:
+            pieces.append([])
+            while (delta := await job.deltas.get()) is not None:
+                pieces[-1].append(delta)
+        return pieces, await asyncio.gather(*(j.future for j in [first] + jobs))
+
+    try:
+        pieces, replies = asyncio.run(main())
+    finally:
+        worker.stop()
+    assert [c[0] for c in spy.calls] == [[["一"]], [["你好"], ["在吗"], ["吃了吗"]]]  # the 3 in one batch
+    for got, reply in zip(pieces, replies[1:3]):
+        assert 5 <= len(got) <= 10 and "".join(got) == reply.text  # a piece per step (a space joins the next)
+    assert replies[3].text and worker.cancelled == 0
