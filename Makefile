@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test chat default-model bench clean
+.PHONY: install browser test chat default-model bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,16 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
-test: install
+# The chat page's browser test (tests/test_web.py) drives Debian's chromium + chromium-driver:
+# installed with apt-get when missing (as root, else through sudo). Elsewhere install them yourself.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "make: no apt-get: install chromium and chromedriver for tests/test_web.py"; fi
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 chat: install

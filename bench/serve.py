@@ -9,9 +9,13 @@ max_len, top-k 8) so that timing does not depend on the weights; the history is 
 Two workloads, each on its own server: `single` (1 candidate, no MMI: the least engine work a
 request can ask, so the figures show what the server's batching does) and `mmi5` (5 candidates
 ranked by MMI, the chat's default). Prints, per level, throughput (requests per second), p50 and
-p95 latency, errors and the mean batch the model worker made; ends with one JSON line whose
-headline keys are the first workload's, the other's prefixed with its name, then the server's
-threads and what the machine gave during the run (bench/machine.py).
+p95 latency, errors and the mean batch the model worker made. Then, on the `single` server (one
+candidate: the reply streams as it is written), `--stream-requests` streamed chat completions
+(`"stream": true` on /v1/chat/completions, the same three utterances) at both levels: time to
+first token (the first event with reply text) and to the whole reply, p50. Ends with one JSON line
+whose headline keys are the first workload's (`ttft_ms_c1`, `ttft_ms_c16` and
+`stream_p50_ms_c1`, `stream_p50_ms_c16` among them), the other's prefixed with its name, then the
+server's threads and what the machine gave during the run (bench/machine.py).
 
     flock /tmp/chitchat-bench.lock .venv/bin/python bench/serve.py [--requests 200] [--workloads single,mmi5]
 """
@@ -112,6 +116,33 @@ class Connection:
         length = next(int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:"))
         return int(head[0].split()[1]), await self.reader.readexactly(length)
 
+    async def post_stream(self, path: str, body: bytes) -> tuple[int, float | None]:
+        """POST, then read a chunked text/event-stream answer to its end: (status, seconds from the
+        request to the first event carrying reply text, None when none came)."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        t0 = time.perf_counter()
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        if not any(h.lower() == "transfer-encoding: chunked" for h in head[1:]):
+            length = next(int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:"))
+            await self.reader.readexactly(length)
+            return status, None
+        first, pending = None, b""
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            data = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return status, first
+            pending += data[:-2]
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                if first is None and event.startswith(b"data: {") and json.loads(event[6:])["choices"] and \
+                        json.loads(event[6:])["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter() - t0
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -152,6 +183,40 @@ async def load(port: int, concurrency: int, requests: int) -> dict:
             "errors": errors, "mean_batch": (after["answered"] - before["answered"]) / max(calls, 1), "wall_s": wall}
 
 
+async def load_stream(port: int, concurrency: int, requests: int) -> dict:
+    """`requests` streamed chat completions from `concurrency` clients: time to first token and to
+    the whole reply."""
+    ttft: list[float] = []
+    latencies: list[float] = []
+    errors = sent = 0
+    messages = [{"role": "user", "content": HISTORY[0]}, {"role": "assistant", "content": HISTORY[1]},
+                {"role": "user", "content": TEXT}]
+    body = json.dumps({"messages": messages, "stream": True}).encode()
+
+    async def one_client():
+        nonlocal sent, errors
+        conn = Connection(port)
+        while sent < requests:
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                status, first = await conn.post_stream("/v1/chat/completions", body)
+                ok = status == 200 and first is not None
+            except (OSError, EOFError, ValueError, KeyError, StopIteration, asyncio.IncompleteReadError):
+                ok, first = False, None
+                conn.close()
+                conn = Connection(port)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if ok:
+                ttft.append(first * 1000)
+            errors += not ok
+        conn.close()
+
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return {"ttft_p50_ms": percentile(ttft, 50), "ttft_p95_ms": percentile(ttft, 95),
+            "p50_ms": percentile(latencies, 50), "errors": errors}
+
+
 def measure(dialogue: Path, mmi: Path, workload: str, levels: list[int], args) -> dict[int, dict]:
     candidates, use_mmi = WORKLOADS[workload]
     port = free_port()
@@ -166,6 +231,14 @@ def measure(dialogue: Path, mmi: Path, workload: str, levels: list[int], args) -
             print(f"{workload} concurrency {c:2d}: {r['throughput']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "
                   f"p95 {r['p95_ms']:.0f} ms, errors {r['errors']}, mean batch {r['mean_batch']:.1f} "
                   f"({args.requests} requests in {r['wall_s']:.1f} s)", file=sys.stderr)
+        if candidates == 1 and args.stream_requests:  # the reply streams as it is written
+            for c in levels:
+                r = asyncio.run(load_stream(port, c, args.stream_requests))
+                results[c].update(ttft_ms=r["ttft_p50_ms"], stream_p50_ms=r["p50_ms"], errors=results[c]["errors"]
+                                  + r["errors"])
+                print(f"{workload} streamed, concurrency {c:2d}: time to first token p50 {r['ttft_p50_ms']:.1f} ms, "
+                      f"p95 {r['ttft_p95_ms']:.1f} ms; whole reply p50 {r['p50_ms']:.0f} ms; errors {r['errors']} "
+                      f"({args.stream_requests} requests)", file=sys.stderr)
         return results
     finally:
         proc.send_signal(signal.SIGINT)
@@ -178,6 +251,9 @@ def measure(dialogue: Path, mmi: Path, workload: str, levels: list[int], args) -
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default 200)")
+    p.add_argument("--stream-requests", type=int, default=100,
+                   help="streamed requests per level on the one-candidate server, for time to first token "
+                        "(default 100; 0: none)")
     p.add_argument("--concurrency", default="1,16", help="two levels, comma-separated (default 1,16)")
     p.add_argument("--workloads", default="single,mmi5",
                    help="single: 1 candidate, no MMI; mmi5: 5 candidates ranked by MMI (the chat's default); "
@@ -210,8 +286,13 @@ def main() -> int:
         r, prefix = results[w], "" if k == 0 else f"{w}_"
         line.update({f"{prefix}throughput_c{lo}": round(r[lo]["throughput"], 2),
                      f"{prefix}throughput_c{hi}": round(r[hi]["throughput"], 2),
+                     f"{prefix}p50_ms_c{lo}": round(r[lo]["p50_ms"], 1),
                      f"{prefix}p50_ms_c{hi}": round(r[hi]["p50_ms"], 1),
                      f"{prefix}p95_ms_c{hi}": round(r[hi]["p95_ms"], 1)})
+        for c in (lo, hi):
+            if "ttft_ms" in r[c]:
+                line[f"{prefix}ttft_ms_c{c}"] = round(r[c]["ttft_ms"], 1)
+                line[f"{prefix}stream_p50_ms_c{c}"] = round(r[c]["stream_p50_ms"], 1)
         if k == 0:
             line["errors"] = sum(x["errors"] for res in results.values() for x in res.values())
         line[f"{prefix}speedup_c{hi}"] = round(r[hi]["throughput"] / r[lo]["throughput"], 2)

@@ -1,7 +1,9 @@
 """Chat with the bot in the terminal: `chitchat chat` (and `python interact.py`).
 
-On a terminal: a prompt_toolkit prompt with line editing and a persistent input history; Ctrl-C
-cancels the line being typed or the reply being computed, Ctrl-D or /quit ends. When standard input
+On a terminal: a prompt_toolkit prompt with line editing and a persistent input history; the reply
+is printed as it is written when one candidate is sampled, and a spinner turns while several are
+sampled and ranked (the reply is known only then); Ctrl-C cancels the line being typed or the
+reply being computed, Ctrl-D or /quit ends. When standard input
 is not a terminal, each input line gets one reply on its own output line, with no prompt and no
 colour (blank lines get none), so the bot can be scripted. Slash commands work in both modes.
 On exit the transcript is written as JSON lines.
@@ -10,6 +12,7 @@ On exit the transcript is written as JSON lines.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
@@ -27,7 +30,10 @@ HELP = """commands:
   /save [PATH]        write the transcript now (default: the transcript file)
   /quit               end (Ctrl-D too)"""
 
-Emit = Callable[[str, str], None]  # (text, kind): kind is "bot", "info" or "error"
+Emit = Callable[[str, str], None]  # (text, kind): "bot", "info" or "error"; while a reply is computed,
+# "delta" (its new text, as it is written) or "tick" (a decoding step of a reply not known yet)
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+SPIN_S = 0.08  # the spinner turns at most this often
 
 
 def _setting(v) -> str:
@@ -41,10 +47,18 @@ def _score(x) -> str:
 class Repl:
     """The line handler shared by the terminal and the non-terminal modes."""
 
-    def __init__(self, session: Session, emit: Emit, transcript: Path | None = None):
+    def __init__(self, session: Session, emit: Emit, transcript: Path | None = None, live: bool = False):
+        """`live`: show the reply as it is written ("delta"), or a spinner ("tick") while it cannot be."""
         self.session = session
         self.emit = emit
         self.transcript = transcript
+        self.live = live
+
+    def _progress(self, new: str | None) -> None:
+        if new is None:
+            self.emit("", "tick")
+        elif new:
+            self.emit(new, "delta")
 
     def handle(self, line: str) -> bool:
         """Answer one input line; False when the session should end."""
@@ -57,7 +71,7 @@ class Repl:
             except ChitchatError as e:
                 self.emit(f"error: {e}", "error")
                 return True
-        turn = self.session.respond(text)
+        turn = self.session.respond(text, self._progress) if self.live else self.session.respond(text)
         if turn is not None:
             self.emit(turn.bot, "bot")
         return True
@@ -124,13 +138,51 @@ def stream_emitter(out: TextIO) -> Emit:
     return emit
 
 
-def terminal_emitter(output=None) -> Emit:
+def terminal_emitter(output=None, clock=time.monotonic) -> Emit:
+    """Coloured lines; a reply streamed as "delta"s is finished by its "bot" line, and a spinner
+    ("tick"s) is wiped before the next line."""
     from prompt_toolkit import print_formatted_text
+    from prompt_toolkit.application.current import get_app_session
     from prompt_toolkit.formatted_text import FormattedText
 
     styles = {"bot": "ansigreen", "info": "ansibrightblack", "error": "ansired"}
+    state = {"streamed": None, "ticks": 0, "shown": -SPIN_S}  # streamed: the reply's text printed so far
+
+    def put(fragments: list, end: str = "") -> None:
+        print_formatted_text(FormattedText(fragments), output=output, end=end, flush=True)
+
+    def wipe() -> None:
+        out = output or get_app_session().output
+        out.write_raw("\r")
+        out.erase_end_of_line()
+        out.flush()
 
     def emit(text: str, kind: str) -> None:
+        if kind == "tick":
+            if state["streamed"] is None and clock() - state["shown"] >= SPIN_S:
+                state["shown"] = clock()
+                wipe()
+                put([("ansibrightblack", SPINNER[state["ticks"] % len(SPINNER)])])
+                state["ticks"] += 1
+            return
+        if kind == "delta":
+            if state["streamed"] is None:
+                if state["ticks"]:
+                    wipe()
+                put([("ansigreen bold", "bot> ")])
+                state["streamed"] = ""
+            put([("ansigreen", text)])
+            state["streamed"] += text
+            return
+        streamed, ticks = state["streamed"], state["ticks"]
+        state.update(streamed=None, ticks=0, shown=-SPIN_S)
+        if streamed is not None:
+            if kind == "bot" and text.startswith(streamed):
+                put([("ansigreen", text[len(streamed):])], end="\n")
+                return
+            put([], end="\n")  # the reply was cut short (Ctrl-C)
+        elif ticks:
+            wipe()
         prefix = [("ansigreen bold", "bot> ")] if kind == "bot" else []
         print_formatted_text(FormattedText(prefix + [(styles.get(kind, ""), text)]), output=output)
     return emit
@@ -221,6 +273,7 @@ def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
         if interactive:
             say(f"chitchat: model {engine.model_path}" + (f", MMI {engine.mmi_path}" if engine.mmi else "")
                 + (", int8" if engine.int8 else "") + ". /help for commands, Ctrl-D to quit.")
+            repl.live = True
             run_terminal(repl, history_file=user_data_dir() / "input_history")
         else:
             for stream in (stdin, stdout):  # UTF-8 whatever the locale; undecodable input bytes become U+FFFD

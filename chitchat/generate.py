@@ -20,6 +20,10 @@ No terminal code here: the chat REPL, the evaluator and the server all drive `En
 - `Engine.generate` samples `candidates` replies for each of several histories: histories are
   left-padded into one batch, each is read once (prefill), its cache rows are shared by its
   candidates, and every step feeds one new token per row. A candidate ends at [SEP] or at `max_len`.
+- Streaming: `generate_stream` and `replies_stream` are the same loops as generators, yielding each
+  decoding step's new tokens; `generate` and `replies` drive them to the end, so both forms give
+  the same candidates for the same seed. A history given up (`send`) leaves the batch: its rows
+  are cut out of the key/value cache and the decoding goes on with the others.
 - Sampling: repetition penalty, no-repeat n-grams, temperature, top-k, top-p, in that order.
   [PAD], [UNK] and [CLS] are never produced, nor a space as the first token (normalised text never
   starts with one), nor [SEP] before `min_len` tokens.
@@ -40,8 +44,9 @@ from __future__ import annotations
 import math
 import mmap
 import os
+from collections.abc import Generator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +122,52 @@ class Reply:
     chosen: int
     ranking: str  # "mmi", or "likelihood" when there is no MMI model, it is off, or it failed on all candidates
     attempts: int = 1  # sampling rounds (more than 1 when every candidate came out empty)
+
+
+@dataclass
+class ReplyStep:
+    """One decoding step of `Engine.replies_stream`: for each history still sampled, the new token of
+    each of its candidates (None: that candidate had ended; [SEP] ends it). `attempt` counts the
+    sampling rounds: a new round (every candidate came out empty) starts its replies afresh."""
+
+    attempt: int
+    tokens: dict[int, list[int | None]]
+
+
+Steps = Generator  # a generator of steps whose return value is the final result (see run_to_end)
+
+
+@dataclass
+class WrittenText:
+    """One reply's text as `Engine.replies_stream` writes it (one candidate: the reply is known as
+    it is written). `add` each step's token; it returns the new text."""
+
+    engine: "Engine"
+    attempt: int = 0  # the sampling round whose tokens `ids` holds
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # what `add` has returned so far, joined
+
+    def add(self, step: ReplyStep, row: int) -> str:
+        """The new text once history `row`'s token of `step` (its only candidate's) is added."""
+        if step.attempt != self.attempt:  # a new round: the last one's reply was empty, nothing was shown
+            self.attempt, self.ids = step.attempt, []
+        tokens = step.tokens.get(row)
+        token = tokens[0] if tokens else None
+        if token is None or token == self.engine.sep_id:
+            return ""
+        self.ids.append(token)
+        text = self.engine.decode(self.ids)  # a prefix of the next one's: decode strips spaces at the ends only
+        new, self.text = text[len(self.text):], text
+        return new
+
+
+def run_to_end(steps: Generator):
+    """Drive a streaming generation to its end; its result."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as end:
+        return end.value
 
 
 def _json_float(x: float | None):
@@ -564,15 +615,15 @@ class Engine:
                 masks[first, early] = m
         return masks
 
-    def _choose(self, logits: torch.Tensor, step: int, out: torch.Tensor, seen: torch.Tensor | None,
+    def _choose(self, logits: torch.Tensor, step: int, out: list[list[int]], seen: torch.Tensor | None,
                 cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
-        """Next token per row from raw logits (B, V), modified in place."""
+        """Next token per row from raw logits (B, V), modified in place; `out`: each row's tokens so far."""
         logits += self._bans[step == 0, step < cfg.min_len]
         if seen is not None:
             logits += seen
         n = cfg.no_repeat_ngram_size
         if n and step >= n - 1:
-            for row, toks in enumerate(out[:, :step].tolist()):
+            for row, toks in enumerate(out):
                 prefix = tuple(toks[step - n + 1:]) if n > 1 else ()
                 banned = [toks[i + n - 1] for i in range(step - n + 1) if tuple(toks[i:i + n - 1]) == prefix]
                 if banned:
@@ -600,16 +651,29 @@ class Engine:
                  seed: int | None = None, generator: torch.Generator | None = None) -> list[list[Candidate]]:
         """`sampling.candidates` sampled replies for each history (a list of utterances, oldest first;
         text, or token ids from `encode`), all in one batch. No MMI scoring here."""
+        return run_to_end(self.generate_stream(histories, sampling, seed, generator))
+
+    def generate_stream(self, histories: list[list[str]] | list[list[list[int]]],
+                        sampling: SamplingConfig | None = None, seed: int | None = None,
+                        generator: torch.Generator | None = None) -> Steps:
+        """`generate` as a generator: after each decoding step it yields the new token of every row
+        of the batch (row `i * candidates + j` is history i's candidate j; None for a row that had
+        already ended; [SEP] ends a row), and it returns what `generate` returns: the same sampling,
+        the same random draws, the same candidates. `send` it a set of rows to stop decoding
+        (`replies_stream` does so for a client that went away): they leave the batch."""
         cfg = (sampling or SamplingConfig()).validate()
         gen = generator if generator is not None else _seed_generator(seed)
         contexts = [self.context_ids(self.fit_history(self._as_ids(h), cfg.max_len)) for h in histories]
-        return self._sample(contexts, cfg, gen)
+        return self._sample_steps(contexts, cfg, gen)
 
     def _as_ids(self, history) -> list[list[int]]:
         return [u if isinstance(u, list) else self.encode(u) for u in history]
 
-    @torch.inference_mode()
     def _sample(self, contexts: list[list[int]], cfg: SamplingConfig, gen: torch.Generator) -> list[list[Candidate]]:
+        return run_to_end(self._sample_steps(contexts, cfg, gen))
+
+    @torch.inference_mode()
+    def _sample_steps(self, contexts: list[list[int]], cfg: SamplingConfig, gen: torch.Generator) -> Steps:
         model, dev = self.fast, self.device
         n, C = cfg.candidates, len(contexts)
         B = C * n
@@ -641,7 +705,7 @@ class Engine:
                 for layer_cache, layer_kv in zip(cache, kv):  # each context's keys, shared by its candidates
                     layer_cache.view(2, C, n, *layer_cache.shape[2:])[:, :, :, :, :T0] = layer_kv.unsqueeze(2)
                 logits = model.logits(h[:, -1]).repeat_interleave(n, 0)
-                out, length, done, logp = self._decode(logits, cache, T0, lens, key_ok, cfg, gen)
+                out, length, done, logp = yield from self._decode_steps(logits, cache, T0, lens, key_ok, cfg, gen)
         finally:
             model.return_cache(buffer)
         if not all(math.isfinite(x) for x in logp):
@@ -658,45 +722,58 @@ class Engine:
             result.append(row_candidates)
         return result
 
-    def _decode(self, logits: torch.Tensor, cache: list[torch.Tensor], T0: int, lens: list[int],
-                key_ok: torch.Tensor | None, cfg: SamplingConfig, gen: torch.Generator):
-        """The decode loop after the prefill: `logits` (B, V) of the first reply token. Returns each
-        row's tokens, reply length (without [SEP]), whether it ended with [SEP], and its summed
+    def _decode_steps(self, logits: torch.Tensor, cache: list[torch.Tensor], T0: int, lens: list[int],
+                      key_ok: torch.Tensor | None, cfg: SamplingConfig, gen: torch.Generator):
+        """The decode loop after the prefill: `logits` (B, V) of the first reply token. Yields each
+        step's tokens (see `generate_stream`), takes rows to drop from `send`. Returns each row's
+        tokens, reply length (without [SEP]), whether it ended with [SEP], and its summed
         log-probability (the closing [SEP] included). Per-row bookkeeping stays in Python lists: at
         chat batch sizes that is cheaper than a dozen tiny tensor ops per step."""
         model, dev, n = self.fast, self.device, cfg.candidates
         B = logits.shape[0]
+        rows = list(range(B))  # the batch's rows still decoded (dropped ones leave it)
         positions = (torch.tensor(lens, device=dev).repeat_interleave(n)[:, None]
                      + torch.arange(cfg.max_len, device=dev))  # (B, max_len): each row's position at each step
-        out = torch.full((B, cfg.max_len), self.pad_id, dtype=torch.long, device=dev)
+        out: list[list[int]] = [[] for _ in range(B)]
         done, length, logp = [False] * B, [cfg.max_len] * B, [0.0] * B
         seen = torch.zeros(B, logits.shape[1], device=dev) if cfg.repetition_penalty != 1.0 else None
         penalty = -math.log(cfg.repetition_penalty)
         pad, sep = self.pad_id, self.sep_id
-        steps = 0
         for step in range(cfg.max_len):
             log_probs = F.log_softmax(logits, dim=1)  # the model's own distribution, before sampling controls
-            tok = self._choose(logits, step, out, seen, cfg, gen)
-            chosen = log_probs.gather(1, tok[:, None]).view(B).tolist()
+            tok = self._choose(logits, step, [out[r] for r in rows], seen, cfg, gen)
+            chosen = log_probs.gather(1, tok[:, None]).view(len(rows)).tolist()
             toks = tok.tolist()
-            for b in range(B):
-                if done[b]:
-                    toks[b] = pad  # a finished row holds [PAD]
+            new: list[int | None] = [None] * B
+            for i, r in enumerate(rows):
+                if done[r]:
+                    toks[i] = pad  # a finished row holds [PAD]
                 else:
-                    logp[b] += chosen[b]
-                    if toks[b] == sep:
-                        done[b], length[b] = True, step
-            if any(done):
+                    new[r] = toks[i]
+                    logp[r] += chosen[i]
+                    if toks[i] == sep:
+                        done[r], length[r] = True, step
+                out[r].append(toks[i])
+            if any(done[r] for r in rows):
                 tok = torch.tensor(toks, device=dev)
-            out[:, step] = tok
-            steps = step + 1
-            if steps == cfg.max_len or all(done):
+            drop = yield new
+            if drop:
+                keep = [i for i, r in enumerate(rows) if r not in drop]
+                rows = [rows[i] for i in keep]
+                if not rows:
+                    break
+                index = torch.tensor(keep, device=dev)
+                tok, positions = tok[index], positions[index]
+                key_ok = None if key_ok is None else key_ok[index]
+                seen = None if seen is None else seen[index]
+                cache = [layer_cache.index_select(1, index) for layer_cache in cache]
+            if step + 1 == cfg.max_len or all(done[r] for r in rows):
                 break
             if seen is not None:
                 seen.scatter_(1, tok[:, None], penalty)
-            mask = None if key_ok is None else key_ok[:, None, None, :T0 + steps]
+            mask = None if key_ok is None else key_ok[:, None, None, :T0 + step + 1]
             logits = model.logits(model.step(tok, positions[:, step], cache, T0 + step, mask))
-        return out[:, :steps].tolist(), length, done, logp
+        return out, length, done, logp
 
     # -- MMI ----------------------------------------------------------------------------------
 
@@ -753,20 +830,44 @@ class Engine:
         together: `candidates` per history, scored by MMI when there is an MMI model and `mmi` is on,
         and the best one picked. Never empty: a history whose candidates are all empty is sampled
         again, and in the last round [SEP] may not come first."""
+        return run_to_end(self.replies_stream(histories, sampling, seed, mmi=mmi, generator=generator))
+
+    def replies_stream(self, histories: list[list[str]] | list[list[list[int]]],
+                       sampling: SamplingConfig | None = None, seed: int | None = None, *, mmi: bool = True,
+                       generator: torch.Generator | None = None) -> Steps:
+        """`replies` as a generator: yields a `ReplyStep` after each decoding step and returns what
+        `replies` returns (the same replies for the same seed). `send` it a set of history indices
+        to give up (clients that went away): their rows leave the batch at once, they are not
+        scored, and their entry in the result is None."""
         cfg = (sampling or SamplingConfig()).validate()
         gen = generator if generator is not None else _seed_generator(seed)
         utterances = [self.fit_history(self._as_ids(h), cfg.max_len) for h in histories]
         contexts = [self.context_ids(u) for u in utterances]
         use_mmi = mmi and self.mmi is not None
+        n = cfg.candidates
         out: list[Reply | None] = [None] * len(histories)
         pending = list(range(len(histories)))
+        dropped: set[int] = set()
         for attempt in range(1, MAX_RESAMPLE + 2):
             round_cfg = cfg if attempt <= MAX_RESAMPLE else replace(cfg, min_len=max(cfg.min_len, 1))
-            sampled = self._sample([contexts[i] for i in pending], round_cfg, gen)
+            steps = self._sample_steps([contexts[i] for i in pending], round_cfg, gen)
+            drop_rows: set[int] | None = None
+            try:
+                while True:
+                    toks = steps.send(drop_rows)
+                    give_up = yield ReplyStep(attempt, {i: toks[k * n:(k + 1) * n] for k, i in enumerate(pending)
+                                                        if i not in dropped})
+                    drop_rows = None
+                    if give_up:
+                        dropped |= set(give_up)
+                        drop_rows = {k * n + j for k, i in enumerate(pending) if i in give_up for j in range(n)}
+            except StopIteration as end:
+                sampled = end.value
+            kept = [(i, cands) for i, cands in zip(pending, sampled) if i not in dropped]
             if use_mmi:
-                self.score_mmi_many([(utterances[i], [c for c in cands if not c.empty]) for i, cands in zip(pending, sampled)])
+                self.score_mmi_many([(utterances[i], [c for c in cands if not c.empty]) for i, cands in kept])
             still = []
-            for i, cands in zip(pending, sampled):
+            for i, cands in kept:
                 chosen, ranking = self.choose(cands, use_mmi)
                 if chosen is None:
                     still.append(i)
@@ -777,7 +878,7 @@ class Engine:
                 break
         if pending:  # unreachable: with min_len >= 1 the first token is a character
             raise ChitchatError("the dialogue model produced only empty replies")
-        return out  # type: ignore[return-value]
+        return out
 
     def reply(self, history: list[str] | list[list[int]], sampling: SamplingConfig | None = None,
               seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None) -> Reply:

@@ -2,9 +2,12 @@
 
 Endpoints: `POST /generate`, `POST /v1/chat/completions` (OpenAI chat format), sessions
 (`POST /sessions`, `POST /sessions/{id}/messages`, `GET`/`DELETE /sessions/{id}`), `GET /healthz`,
-`GET /info`, `GET /v1/models`; the OpenAPI document at `/openapi.json`. Inference runs in one model
+`GET /info`, `GET /v1/models`; the OpenAPI document at `/openapi.json`; the chat page at `/`
+(`chitchat/web/index.html`, a static page over the sessions API). Inference runs in one model
 worker thread that batches the requests waiting at the same moment (`chitchat.serve_worker`).
-Loopback by default; `CHITCHAT_API_KEY` turns on a bearer token; every limit is a 4xx JSON error.
+Streaming answers send the reply's text as it is written when one candidate is sampled, and the
+chosen reply once ranked otherwise. Loopback by default; `CHITCHAT_API_KEY` turns on a bearer
+token; every limit is a 4xx JSON error.
 """
 
 import asyncio
@@ -22,10 +25,13 @@ from chitchat.generate import Engine, Reply, SamplingConfig
 from chitchat.normalize import normalize
 from chitchat.session import ChatSettings
 
-OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # no token needed
+OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # no token needed
 MODEL_ID = "chitchat"
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {  # one server-sent event
     "data": {"type": "string", "description": "a chat.completion.chunk as JSON; [DONE] last"}}}
+SESSION_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": 'JSON: {"type": "delta", "text"}, then {"type": "reply", ...the '
+                                              'turn} or {"type": "error", "error"}'}}}
 
 
 @dataclass
@@ -59,13 +65,13 @@ class ServeConfig:
 def create_app(engine: Engine, cfg: ServeConfig | None = None):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import HTMLResponse, StreamingResponse
     from starlette.exceptions import HTTPException
     from starlette.routing import Match
 
     from chitchat import __version__
     from chitchat import serve_schemas as S
-    from chitchat.serve_http import ApiError, BearerAuth, BodyLimit, error_response
+    from chitchat.serve_http import ApiError, BearerAuth, BodyLimit, error_response, error_type
     from chitchat.serve_sessions import SessionStore
     from chitchat.serve_worker import ModelWorker, WorkerUnavailable
 
@@ -117,16 +123,31 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
             raise ApiError(422, "the text is empty once normalised (spaces and control characters only)", param)
         return user
 
-    async def respond(history: list[str], sampling: SamplingConfig, seed: int | None) -> Reply:
+    async def respond(history: list[str], sampling: SamplingConfig, seed: int | None,
+                      turn: ChatSettings = settings) -> Reply:
         worker = app.state.worker
         if worker is None:
             raise ApiError(503, "the model worker is not running")
         try:
-            return await worker.reply(settings.visible(history), sampling, seed, settings.mmi)
+            return await worker.reply(turn.visible(history), sampling, seed, turn.mmi)
         except WorkerUnavailable as e:
             raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
         except ChitchatError as e:
             raise ApiError(422, str(e)) from None
+
+    def submit(history: list[str], sampling: SamplingConfig, seed: int | None, turn: ChatSettings = settings):
+        """A streaming request queued (see ModelWorker.submit); raises the 503s `respond` does."""
+        worker = app.state.worker
+        if worker is None:
+            raise ApiError(503, "the model worker is not running")
+        try:
+            return worker.submit(turn.visible(history), sampling, seed, turn.mmi, stream=True)
+        except WorkerUnavailable as e:
+            raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(_page())
 
     @app.get("/healthz", response_model=S.Health, summary="liveness")
     async def healthz():
@@ -150,7 +171,8 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
             "auth": bool(cfg.api_key),
             "sessions": len(sessions),
             "worker": None if worker is None else {"answered": worker.answered, "engine_calls": worker.calls,
-                                                   "largest_batch": worker.largest_batch, "waiting": worker.waiting},
+                                                   "largest_batch": worker.largest_batch, "waiting": worker.waiting,
+                                                   "cancelled": worker.cancelled},
         }
 
     @app.post("/generate", response_model=S.GenerateResponse, response_model_exclude_unset=True,
@@ -174,17 +196,51 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
             raise ApiError(404, "no such session (never created, deleted, evicted or expired)", "session_id")
         return s
 
-    @app.post("/sessions/{session_id}/messages", response_model=S.SessionReply, responses=missing,
-              summary="the bot's turn in a session")
+    @app.post("/sessions/{session_id}/messages", response_model=S.SessionReply, responses={
+        **missing, 200: {"content": {"text/event-stream": {"schema": SESSION_EVENT}},
+                         "description": "the turn, or with stream: delta events, then a reply (or error) event"}},
+        summary="the bot's turn in a session")
     async def session_message(session_id: str, req: M.SessionMessage):
         user = user_text(req.text, "text")
+        turn = _turn_settings(settings, req.settings)
         s = held(session_id)
+        if req.stream:
+            return StreamingResponse(session_events(session_id, s, user, turn, req.seed),
+                                     media_type="text/event-stream")
         async with s.lock:  # one turn at a time: each sees the one before
             if held(session_id) is not s:
                 raise ApiError(404, "no such session", "session_id")
-            reply = await respond(s.history + [user], settings.sampling, req.seed)
-            kept = sessions.record(session_id, user, reply.text) is s
-        return {"id": session_id, "reply": reply.text, "history": s.history, "turns": s.turns, "kept": kept}
+            reply = await respond(s.history + [user], turn.sampling, req.seed, turn)
+            kept = sessions.record(session_id, user, reply.text, turn.max_history_len) is s
+        return _session_turn(session_id, s, reply, kept)
+
+    async def session_events(session_id: str, s, user: str, turn: ChatSettings, seed: int | None):
+        """A streamed session turn: {"type": "delta", "text"} events as the reply is written (one
+        candidate), then {"type": "reply", ...the turn} or {"type": "error", "error"}."""
+        def event(kind: str, **body) -> str:
+            return f"data: {json.dumps({'type': kind, **body}, ensure_ascii=False)}\n\n"
+
+        async with s.lock:
+            job = None
+            try:
+                if held(session_id) is not s:
+                    raise ApiError(404, "no such session (deleted, evicted or expired)", "session_id")
+                job = submit(s.history + [user], turn.sampling, seed, turn)
+                while (delta := await job.deltas.get()) is not None:
+                    yield event("delta", text=delta)
+                reply = await job.future
+                if reply.text[len(job.sent):] and reply.text.startswith(job.sent):
+                    yield event("delta", text=reply.text[len(job.sent):])
+                kept = sessions.record(session_id, user, reply.text, turn.max_history_len) is s
+                yield event("reply", **_session_turn(session_id, s, reply, kept))
+            except Exception as e:  # after the 200 has gone: an error event, never a traceback
+                status, param, text = ((e.status_code, e.param, e.detail) if isinstance(e, ApiError) else
+                                       (422, None, str(e)) if isinstance(e, ChitchatError) else
+                                       (500, None, "internal server error"))
+                yield event("error", error={"message": text, "type": error_type(status), "param": param})
+            finally:  # the client went away (the response was cancelled): free its place in the batch
+                if job is not None and not job.future.done():
+                    job.cancelled = True
 
     @app.get("/sessions/{session_id}", response_model=S.SessionState, responses=missing,
              summary="a session's history")
@@ -218,10 +274,14 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
             raise ApiError(422, "the last user or assistant message must be the user's", "messages")
         history[-1] = user_text(history[-1], f"messages.{last[1]}.content")
         sampling = _chat_sampling(settings.sampling, req)
-        reply = await respond(history, sampling, req.seed)
-        order = _ranked(reply)[:req.n]
         visible = engine.fit_history([engine.encode(u) for u in settings.visible(history)], sampling.max_len)
         prompt_tokens = len(engine.context_ids(visible))
+        usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
+        if req.stream and sampling.candidates == 1:  # the reply is known as it is written: send it so
+            job = submit(history, sampling, req.seed)
+            return StreamingResponse(_live_sse(job, prompt_tokens, usage), media_type="text/event-stream")
+        reply = await respond(history, sampling, req.seed)
+        order = _ranked(reply)[:req.n]
         completion_tokens = sum(len(reply.candidates[i].ids) for i in order)
         body = {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -234,7 +294,6 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
         }
         if not req.stream:
             return body
-        usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(body, usage), media_type="text/event-stream")
 
     return app
@@ -265,6 +324,34 @@ def _validation_response(errors: list[dict]):
     return error_response(422, message or "invalid request", where(first) or None)
 
 
+def _turn_settings(base: ChatSettings, override) -> ChatSettings:
+    """The server's settings with what a session message's `settings` changes."""
+    if override is None:
+        return base
+    given = {k: v for k, v in override.model_dump().items() if v is not None}
+    sampling = replace(base.sampling, **{k: given[k] for k in ("temperature", "top_k", "top_p", "candidates")
+                                          if k in given})
+    turn = replace(base, sampling=sampling, mmi=given.get("mmi", base.mmi),
+                   max_history_len=given.get("max_history_len", base.max_history_len))
+    try:
+        return turn.validate()
+    except ChitchatError as e:
+        from chitchat.serve_http import ApiError
+
+        raise ApiError(422, str(e), "settings") from None
+
+
+def _session_turn(session_id: str, s, reply: Reply, kept: bool) -> dict:
+    return {"id": session_id, "reply": reply.text, "history": s.history, "turns": s.turns, "kept": kept,
+            "candidates": [c.to_dict() for c in reply.candidates], "chosen": reply.chosen, "ranking": reply.ranking}
+
+
+def _page() -> str:
+    from importlib.resources import files
+
+    return files("chitchat").joinpath("web", "index.html").read_text(encoding="utf-8")
+
+
 def _chat_sampling(base: SamplingConfig, req) -> SamplingConfig:
     """The server's sampling settings with what an OpenAI request may change."""
     changes: dict = {"candidates": max(req.n, base.candidates)}
@@ -290,8 +377,48 @@ def _ranked(reply: Reply) -> list[int]:
     return sorted(range(len(reply.candidates)), key=key)
 
 
+async def _live_sse(job, prompt_tokens: int, include_usage: bool):
+    """One reply as OpenAI's chat.completion.chunk events, its text sent as each decoding step writes
+    it; an error after the start is an {"error": ...} event. The client going away cancels this
+    generator, which marks the job cancelled: the worker drops it from the batch at the next step."""
+    from chitchat.serve_http import error_type
+
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": MODEL_ID}
+
+    def event(choices: list, **extra) -> str:
+        return f"data: {json.dumps({**head, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
+
+    try:
+        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        while (delta := await job.deltas.get()) is not None:
+            yield event([{"index": 0, "delta": {"content": delta}, "finish_reason": None}])
+        try:
+            reply = await job.future
+        except Exception as e:  # after the 200 has gone: an error event, never a traceback
+            status, text = (422, str(e)) if isinstance(e, ChitchatError) else (500, "internal server error")
+            error = {"message": text, "type": error_type(status), "param": None}
+            yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        rest = reply.text[len(job.sent):] if reply.text.startswith(job.sent) else ""
+        if rest:
+            yield event([{"index": 0, "delta": {"content": rest}, "finish_reason": None}])
+        cand = reply.candidates[reply.chosen]
+        yield event([{"index": 0, "delta": {}, "finish_reason": "stop" if cand.finished else "length"}])
+        if include_usage:
+            n = len(cand.ids)
+            yield event([], usage={"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                                   "total_tokens": prompt_tokens + n})
+        yield "data: [DONE]\n\n"
+    finally:
+        if not job.future.done():
+            job.cancelled = True
+
+
 def _sse(body: dict, include_usage: bool):
-    """The completion as OpenAI's chat.completion.chunk events (it is computed whole first)."""
+    """The completion as OpenAI's chat.completion.chunk events (computed whole first: several
+    candidates are ranked before the reply is known)."""
     head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
 
     def event(choices: list, **extra) -> str:

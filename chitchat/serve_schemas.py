@@ -71,6 +71,9 @@ class SessionState(BaseModel):
 class SessionReply(SessionState):
     reply: str
     kept: bool = Field(description="false when the session was deleted or evicted while the reply was computed")
+    candidates: list[CandidateOut] = Field(description="every candidate sampled this turn, with its scores")
+    chosen: int = Field(description="index of the reply among the candidates")
+    ranking: str = Field(description="mmi or likelihood")
 
 
 class SessionDeleted(BaseModel):
@@ -125,9 +128,22 @@ def request_models(text_limit: int, history_limit: int, tokens_limit: int, n_lim
         candidates: bool = Field(False, description="also return every sampled candidate and its scores")
         seed: Seed | None = Field(None, description=seed_doc)
 
+    class TurnSettings(Strict):
+        """This turn's settings; a missing or null one is the server's."""
+        temperature: number(gt=0, le=100) | None = None
+        top_k: integer(0, 100_000) | None = Field(None, description="0: no limit")
+        top_p: number(ge=0, le=1) | None = Field(None, description="0: off")
+        candidates: integer(1, n_limit) | None = Field(None, description="replies sampled, then ranked")
+        mmi: bool | None = Field(None, description="rank by the MMI model (when the server has one)")
+        max_history_len: integer(1, history_limit + 1) | None = Field(
+            None, description="utterances the model sees, the new one included; the session keeps as many")
+
     class SessionMessage(Strict):
         text: str = text_field(min_length=1)
         seed: Seed | None = Field(None, description=seed_doc)
+        settings: TurnSettings | None = None
+        stream: bool = Field(False, description="server-sent events: the reply's text as it is written "
+                                                "(one candidate; with several, once ranked), then the turn")
 
     class TextPart(Strict):
         type: Literal["text"]

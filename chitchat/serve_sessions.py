@@ -66,11 +66,12 @@ class SessionStore:
             self.items.move_to_end(sid)
         return s
 
-    def record(self, sid: str, user: str, bot: str) -> ChatSession | None:
-        """Add a turn to the session, when it is still held."""
+    def record(self, sid: str, user: str, bot: str, max_history_len: int | None = None) -> ChatSession | None:
+        """Add a turn to the session, when it is still held; keep what the next turn sees with
+        `max_history_len` (the turn's own setting; by default the store's)."""
         s = self.get(sid)
         if s is not None:
-            keep = self.max_history_len - 1  # the next turn adds the user's new utterance
+            keep = (max_history_len or self.max_history_len) - 1  # the next turn adds the user's new utterance
             s.history = (s.history + [user, bot])[-keep:] if keep > 0 else []
             s.turns += 1
         return s

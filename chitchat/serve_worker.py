@@ -7,7 +7,13 @@ the next few milliseconds, and they join the ones that queued meanwhile; a lone 
 waits). It answers them, at most `max_batch`, with one `Engine.replies` call per group of identical
 sampling settings, so that the requests that arrive together share every decoding step.
 A request with a `seed` is answered on its own, so that its seed alone decides its reply. When a
-batched call fails, each of its requests is answered alone, so that one request cannot fail others.
+batched call fails, each of its requests is answered alone, so that one request cannot fail others
+(except a streaming one that has already sent text: it gets the error).
+
+The engine runs step by step (`Engine.replies_stream`). A streaming request (`submit(stream=True)`)
+with one candidate gets its reply's text as each step writes it (`Job.deltas`); with several
+candidates the reply is known only once they are ranked, so its text comes with the result. A
+request marked `cancelled` (its client went away) leaves the batch at the next step.
 `stop()` refuses new requests, answers every request already queued, then ends the thread.
 """
 
@@ -19,7 +25,7 @@ import threading
 import time
 from dataclasses import astuple, dataclass
 
-from chitchat.generate import Engine, Reply, SamplingConfig
+from chitchat.generate import Engine, Reply, SamplingConfig, WrittenText
 
 
 class WorkerUnavailable(Exception):
@@ -34,9 +40,22 @@ class Job:
     mmi: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    deltas: asyncio.Queue | None = None  # streaming: text as it is written, then None
+    cancelled: bool = False  # set from the event loop when the client has gone
+    written: WrittenText | None = None  # the text put on `deltas` so far
+
+    @property
+    def sent(self) -> str:
+        return self.written.text if self.written is not None else ""
 
     def group_key(self):
         return ("alone", id(self)) if self.seed is not None else (astuple(self.sampling), self.mmi)
+
+    def post(self, callback, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # its event loop has ended: nobody is waiting
+            pass
 
 
 class ModelWorker:
@@ -49,17 +68,30 @@ class ModelWorker:
         self.lock = threading.Lock()
         self.waiting = 0  # queued or being answered
         self.closed = False
-        self.calls = 0  # Engine.replies calls
+        self.calls = 0  # Engine.replies_stream calls
         self.answered = 0
         self.largest_batch = 0
+        self.cancelled = 0  # requests given up because their client went away
         self.recent = 1  # most requests in the server at once since the current batch began
         self.thread = threading.Thread(target=self._run, name="chitchat-model", daemon=True)
         self.thread.start()
 
     async def reply(self, history: list[str], sampling: SamplingConfig, seed: int | None = None,
                     mmi: bool = True) -> Reply:
+        job = self.submit(history, sampling, seed, mmi)
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the client went away: free its rows in the batch
+            job.cancelled = True
+            raise
+
+    def submit(self, history: list[str], sampling: SamplingConfig, seed: int | None = None, mmi: bool = True,
+               stream: bool = False) -> Job:
+        """Queue a request (from the event loop); await `job.future` for its Reply. With `stream`
+        and one candidate, `job.deltas` gets the text as it is written, then None."""
         loop = asyncio.get_running_loop()
-        job = Job(history, sampling, seed, mmi, loop, loop.create_future())
+        job = Job(history, sampling, seed, mmi, loop, loop.create_future(),
+                  deltas=asyncio.Queue() if stream else None)
         with self.lock:
             if self.closed:
                 raise WorkerUnavailable("the server is shutting down")
@@ -68,7 +100,7 @@ class ModelWorker:
             self.waiting += 1
             self.recent = max(self.recent, self.waiting)
             self.jobs.put(job)
-        return await job.future
+        return job
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new requests, answer the queued ones, end the thread."""
@@ -108,25 +140,60 @@ class ModelWorker:
                 return
 
     def _answer(self, group: list[Job]) -> None:
-        first = group[0]
+        gone = [j for j in group if j.cancelled]  # their clients left while they were queued
+        if gone:
+            self.cancelled += len(gone)
+            self._finish(gone, [None] * len(gone))
+            group = [j for j in group if not j.cancelled]
+            if not group:
+                return
         try:
             self.calls += 1
-            results: list = self.engine.replies([j.history for j in group], first.sampling, seed=first.seed,
-                                                mmi=first.mmi)
+            results: list = self._run_engine(group)
         except Exception as e:  # reported to the waiting request, never ends the worker
             if len(group) > 1:
                 for j in group:
-                    self._answer([j])
+                    if j.sent:  # its client has seen text of this attempt: it cannot start again
+                        self._finish([j], [e])
+                    else:
+                        j.written = None
+                        self._answer([j])
                 return
             results = [e]
+        self._finish(group, results)
+
+    def _run_engine(self, group: list[Job]) -> list:
+        """One `Engine.replies_stream` over the group: text to the streaming requests with one
+        candidate as each step writes it; cancelled requests given up at the next step."""
+        first, engine = group[0], self.engine
+        steps = engine.replies_stream([j.history for j in group], first.sampling, seed=first.seed, mmi=first.mmi)
+        live = first.sampling.candidates == 1
+        gone: set[int] = set()
+        give_up = None
+        try:
+            while True:
+                step = steps.send(give_up)
+                if live:
+                    for i, j in enumerate(group):
+                        if j.deltas is not None:
+                            j.written = j.written or WrittenText(engine)
+                            if new := j.written.add(step, i):
+                                j.post(j.deltas.put_nowait, new)
+                give_up = {i for i, j in enumerate(group) if j.cancelled} - gone or None
+                if give_up:
+                    gone |= give_up
+                    self.cancelled += len(give_up)
+        except StopIteration as end:
+            return end.value
+
+    def _finish(self, group: list[Job], results: list) -> None:
         with self.lock:
             self.waiting -= len(group)
             self.answered += len(group)
         for j, r in zip(group, results):
-            try:
-                j.loop.call_soon_threadsafe(_settle, j.future, r)
-            except RuntimeError:  # its event loop has ended: nobody is waiting
-                pass
+            if j.deltas is not None:
+                j.post(j.deltas.put_nowait, None)
+            j.post(_settle, j.future, r)
 
 
 def _settle(future: asyncio.Future, result) -> None:

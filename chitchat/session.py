@@ -14,11 +14,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from chitchat.errors import ChitchatError
-from chitchat.generate import Candidate, Engine, SamplingConfig
+from chitchat.generate import Candidate, Engine, SamplingConfig, WrittenText
 from chitchat.normalize import normalize
 
 # /set NAME: accepted spellings -> setting
@@ -116,14 +117,24 @@ class Session:
             cut = [self.engine.decode(kept[0])] + cut[1:]
         return cut
 
-    def respond(self, text: str) -> Turn | None:
-        """The bot's turn after the user says `text`; None (and nothing recorded) when `text` is blank."""
+    @property
+    def streams(self) -> bool:
+        """Whether a reply is known as it is written: one candidate (several are ranked once written)."""
+        return self.settings.sampling.candidates == 1
+
+    def respond(self, text: str, progress: Callable[[str | None], None] | None = None) -> Turn | None:
+        """The bot's turn after the user says `text`; None (and nothing recorded) when `text` is blank.
+        With `progress`, it is called after each decoding step: with the reply's new text when it
+        `streams`, else with None. The same seed gives the same reply either way."""
         user = normalize(text)
         if not user:
             return None
         history = self.history + [user]
         s = self.settings
-        reply = self.engine.reply(s.visible(history), s.sampling, mmi=s.mmi, generator=self.generator)
+        if progress is None:
+            reply = self.engine.reply(s.visible(history), s.sampling, mmi=s.mmi, generator=self.generator)
+        else:
+            reply = self._reply_with_progress(s.visible(history), progress)
         self.history = history + [reply.text]
         turn = Turn(_now(), text, reply.text, reply.candidates, reply.chosen, reply.ranking, s.to_dict())
         self.turns.append(turn)
@@ -134,6 +145,17 @@ class Session:
             "int8": self.engine.int8,
         })
         return turn
+
+    def _reply_with_progress(self, history: list[str], progress: Callable[[str | None], None]):
+        s = self.settings
+        steps = self.engine.replies_stream([history], s.sampling, mmi=s.mmi, generator=self.generator)
+        written = WrittenText(self.engine) if self.streams else None
+        try:
+            while True:
+                step = next(steps)
+                progress(written.add(step, 0) if written is not None else None)
+        except StopIteration as end:
+            return end.value[0]
 
     def reset(self) -> None:
         self.history = []

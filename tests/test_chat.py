@@ -250,3 +250,63 @@ def test_int8_chat(model_dirs, tmp_path):
     out = chat(model_dirs, ["你好", "再见"], "--int8", "--seed", "1", transcript=tmp_path / "t.jsonl")
     assert len(out) == 2 and all(out)
     assert all(r["int8"] is True and r["ranking"] == "mmi" for r in read_jsonl(tmp_path / "t.jsonl"))
+
+
+# -- streaming ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("candidates", [1, 4])
+def test_a_reply_with_progress_is_the_reply_without(engine, candidates):
+    settings = ChatSettings(SamplingConfig(max_len=10, candidates=candidates), seed=8)
+    plain, shown = Session(engine, settings), Session(engine, settings)
+    calls: list = []
+    for text in ("你好", "今天好累"):
+        assert shown.respond(text, calls.append).bot == plain.respond(text).bot
+        if candidates == 1:  # known as it is written: its text, piece by piece
+            assert "".join(c for c in calls if c) == shown.turns[-1].bot and len([c for c in calls if c]) > 1
+        else:  # ranked once written: only that a step was taken
+            assert calls and set(calls) == {None}
+        calls.clear()
+    assert [t.candidates for t in shown.turns] == [t.candidates for t in plain.turns]
+
+
+def test_terminal_streams_one_candidate_and_spins_for_several(engine, tmp_path):
+    session = Session(engine, ChatSettings(SamplingConfig(max_len=8, candidates=1), seed=2))
+    capture = Capture()
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    with create_pipe_input() as pipe:
+        pipe.send_text("你好\r/set candidates 3\r再见\r\x04")
+        run_terminal(Repl(session, capture, live=True), input=pipe, output=DummyOutput())
+    kinds = [k for k, _ in capture.items]
+    first_bot = kinds.index("bot")
+    assert kinds[:first_bot] and set(kinds[:first_bot]) == {"delta"}
+    assert "".join(capture.of("delta")) == capture.of("bot")[0]
+    after = kinds[kinds.index("info"):]
+    assert "tick" in after and "delta" not in after and len(capture.of("bot")) == 2
+
+
+def test_terminal_emitter_finishes_a_streamed_line_and_wipes_the_spinner():
+    from prompt_toolkit.output.plain_text import PlainTextOutput
+
+    from chitchat.chat import terminal_emitter
+
+    buffer = io.StringIO()
+    text = lambda: buffer.getvalue().replace("\r\n", "\n")  # noqa: E731  (a newline is written as CR LF)
+    now = [0.0]
+    emit = terminal_emitter(PlainTextOutput(buffer), clock=lambda: now[0])
+    for piece in ("你", "好", "啊"):
+        emit(piece, "delta")
+    emit("你好啊", "bot")
+    assert text() == "bot> 你好啊\n"
+    buffer.truncate(0), buffer.seek(0)
+    for _ in range(3):
+        emit("", "tick")
+        now[0] += 0.1
+    emit("好的", "bot")
+    out = text()
+    assert out.count("\r") >= 3 and out.endswith("\rbot> 好的\n") and "⠋" in out and "⠹" in out
+    buffer.truncate(0), buffer.seek(0)
+    emit("一半", "delta")
+    emit("(reply cancelled)", "info")  # Ctrl-C while it was written: the next line starts afresh
+    assert text() == "bot> 一半\n(reply cancelled)\n"

@@ -428,3 +428,62 @@ def test_a_model_producing_nan_is_an_error(engine):
     engine.fast.logits = lambda h: torch.full((h.shape[0], engine.fast.vocab_size), float("nan"))
     with pytest.raises(ChitchatError, match="invalid"):
         engine.reply(HISTORY, SamplingConfig(max_len=4), seed=0)
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+def collect(steps):
+    """Drive a streaming generation: (what each step yielded, the result)."""
+    seen = []
+    try:
+        while True:
+            seen.append(next(steps))
+    except StopIteration as end:
+        return seen, end.value
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(candidates=3, max_len=12),
+                                 SamplingConfig(candidates=2, max_len=10, top_k=0, top_p=0.9, temperature=0.8,
+                                                repetition_penalty=1.3, no_repeat_ngram_size=2)])
+def test_streaming_and_batch_generation_give_the_same_candidates(engine, cfg):
+    histories = [["你好"], HISTORY]
+    batch = engine.generate(histories, cfg, seed=5)
+    steps, streamed = collect(engine.generate_stream(histories, cfg, seed=5))
+    assert [[(c.ids, c.text, c.nll, c.finished) for c in row] for row in streamed] == \
+        [[(c.ids, c.text, c.nll, c.finished) for c in row] for row in batch]
+    assert all(len(s) == 2 * cfg.candidates for s in steps)
+    for b in range(2 * cfg.candidates):  # the tokens yielded, step by step, are the candidate's
+        cand = batch[b // cfg.candidates][b % cfg.candidates]
+        toks = [s[b] for s in steps if s[b] is not None]
+        assert toks == cand.ids + ([engine.sep_id] if cand.finished else [])
+
+
+def test_streaming_and_batch_replies_are_the_same(engine):
+    histories = [["你好"], HISTORY, ["周末你一般做什么?"]]
+    for cfg, mmi in ((SamplingConfig(candidates=1, max_len=15), False), (SamplingConfig(candidates=4, max_len=8), True)):
+        batch = engine.replies(histories, cfg, seed=9, mmi=mmi)
+        steps, streamed = collect(engine.replies_stream(histories, cfg, seed=9, mmi=mmi))
+        assert [(r.text, r.chosen, r.ranking, [(c.ids, c.nll, c.mmi) for c in r.candidates]) for r in streamed] == \
+            [(r.text, r.chosen, r.ranking, [(c.ids, c.nll, c.mmi) for c in r.candidates]) for r in batch]
+        if cfg.candidates == 1:  # one candidate: the reply is known as it is written
+            for i, r in enumerate(batch):
+                toks = [s.tokens[i][0] for s in steps if s.tokens[i][0] not in (None, engine.sep_id)]
+                assert engine.decode(toks) == r.text
+
+
+def test_a_history_given_up_leaves_the_batch(engine, monkeypatch):
+    rows = []
+    real_step = engine.fast.step
+    monkeypatch.setattr(engine.fast, "step", lambda tok, *a, **k: rows.append(len(tok)) or real_step(tok, *a, **k))
+    cfg = SamplingConfig(candidates=2, max_len=12, min_len=12)
+    steps = engine.replies_stream([["你好"], HISTORY], cfg, seed=3)
+    first = next(steps)
+    assert set(first.tokens) == {0, 1}
+    second = steps.send({0})  # history 0's client went away
+    assert set(second.tokens) == {1}
+    _, result = collect(steps)
+    assert result[0] is None and result[1].text and len(result[1].candidates[0].ids) == 12
+    assert rows == [2] * 11  # the first token came from the prefill; every step after decodes history 1's 2 rows
+    rows.clear()
+    collect(engine.replies_stream([["你好"], HISTORY], cfg, seed=3))
+    assert rows == [4] * 11
