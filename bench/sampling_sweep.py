@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--limit", type=int, default=800)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, help="torch threads (default: every core)")
     ap.add_argument("--only", nargs="*", help="names of the settings to run (default: all)")
     ap.add_argument("--table", type=Path, help="write the markdown table here")
     args = ap.parse_args()
@@ -55,6 +56,7 @@ def main() -> int:
             out = Path(tmp) / name
             argv = ["eval", "--model", args.model, "--mmi-model", args.mmi_model, "--compare-mmi", "--data", args.data,
                     "--limit", str(args.limit), "--seed", str(args.seed), "--output", str(out), "--no-progress",
+                    *(["--threads", str(args.threads)] if args.threads else []),
                     *SETTINGS[name]]
             if chitchat(argv) != 0:
                 raise SystemExit(f"eval failed for {name}")

@@ -219,7 +219,7 @@ def add_arguments(p) -> None:
     from chitchat.chat_options import add_sampling_arguments
 
     p.add_argument("--model", metavar="DIR",
-                   help="dialogue model or training run directory; none: the default model, trained on first use")
+                   help="dialogue model or training run directory; none: the shipped default model (models/default)")
     p.add_argument("--mmi-model", metavar="DIR",
                    help="MMI model for reranking; with no --model, the default MMI model")
     p.add_argument("--no-mmi", action="store_true", help="do not load an MMI model: rank by the dialogue model's likelihood")

@@ -63,11 +63,12 @@ MAX_RESAMPLE = 3  # rounds of sampling when every candidate came out empty
 class SamplingConfig:
     """How candidates are sampled. 0 disables top_k, top_p and no_repeat_ngram_size."""
 
-    temperature: float = 1.0
+    # defaults chosen by a `chitchat eval` sweep on CPED valid (models/default/SAMPLING_SWEEP.md)
+    temperature: float = 0.7
     top_k: int = 8
     top_p: float = 0.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.2
+    no_repeat_ngram_size: int = 3
     min_len: int = 1
     max_len: int = 25
     candidates: int = 5

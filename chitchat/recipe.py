@@ -22,7 +22,6 @@ recipe on tiny sources in seconds.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from chitchat.errors import ChitchatError
+from chitchat.evaluate import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = "TRAINED_ON.json"
@@ -81,8 +81,7 @@ class RecipeConfig:
     # 2 CPU cores this recipe gets (README, "The default model": the probes behind the choice)
     preset: str = "small"
     model_config: dict = field(default_factory=lambda: {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256})
-    # pre-training stops part-way through its schedule (the time this machine could give it), and the
-    # chitchat stages start from its last step; they anneal, and keep their best step on CPED valid
+    # the chitchat stages start from pre-training's last step; each keeps its best step on CPED valid
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(steps=1800, lr=3e-3, eval_every=300))
     dialogue: StageConfig = field(default_factory=lambda: StageConfig(steps=600, lr=1e-3, warmup_steps=20, eval_every=50))
     mmi: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=1e-3, warmup_steps=20, eval_every=50))
@@ -90,14 +89,6 @@ class RecipeConfig:
     threads: int | None = None
     eval_limit: int | None = None   # None: every case of the validation file
     progress: bool | None = None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_files(cfg: RecipeConfig, src: Source) -> list[Path]:
@@ -178,7 +169,7 @@ def export_model(run_best: Path, dest: Path, *, fp16: bool = True) -> None:
 
 def model_files(root: Path) -> dict[str, str]:
     """SHA-256 of every file of the shipped model, by path relative to root (the manifest and card excluded)."""
-    return {str(p.relative_to(root)): _sha256(p) for p in sorted(root.rglob("*"))
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
             if p.is_file() and p.name not in (MANIFEST, "README.md")}
 
 
@@ -274,7 +265,7 @@ def _machine() -> dict:
 def build_manifest(cfg: RecipeConfig, files: dict, log: dict, runs: Path, started: float) -> dict:
     def src(s: Source) -> dict:
         return {"path": s.path, "origin": s.origin, "licence": s.licence,
-                "files": {str(f.relative_to(cfg.corpora) if f.is_relative_to(cfg.corpora) else f.name): _sha256(f)
+                "files": {str(f.relative_to(cfg.corpora) if f.is_relative_to(cfg.corpora) else f.name): sha256_file(f)
                           for f in files[s]}}
 
     stages = {}

@@ -227,7 +227,7 @@ def test_repetition_penalty_lowers_seen_tokens_with_negative_logits(engine):
     logits[0, seen_token] = -2.0  # a negative logit: dividing it (GPT2-chitchat) would raise it
     logits[0, other] = 3.0
     before = logits.softmax(-1)[0, seen_token].item()
-    cfg = SamplingConfig(repetition_penalty=1.5, top_k=0, min_len=0)
+    cfg = SamplingConfig(repetition_penalty=1.5, top_k=0, min_len=0, temperature=1.0)
     seen = torch.zeros(1, V)
     seen[0, seen_token] = -math.log(cfg.repetition_penalty)
     processed = logits.clone()
