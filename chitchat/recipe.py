@@ -54,7 +54,7 @@ CPED_VALID = Source("open/cped_valid.jsonl", "scutcyr/CPED @ 1e4b81c, data/CPED/
 XPERSONA = Source("open/xpersona_zh_train.jsonl", "HLTCHKUST/Xpersona @ 1da049a, dataset/Zh_persona_split_valid_human_annotated.json",
                   "MIT")
 KDCONV = Source("kdconv", "thu-coai/KdConv, data/{film,music,travel}/dev.json", "Apache-2.0")
-CHATTERBOT = Source("chatterbot:chinese", "PyPI chatterbot-corpus 1.2.0, chatterbot_corpus/data/chinese/*.yml", "BSD-3-Clause")
+CHATTERBOT = Source("chatterbot:chinese", "PyPI chatterbot-corpus (gunthercox/chatterbot-corpus), chatterbot_corpus/data/chinese/*.yml", "BSD-3-Clause")
 
 
 @dataclass
