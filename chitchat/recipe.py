@@ -228,6 +228,7 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
         timed(name, train_stage)
 
     def export() -> None:
+        log.pop("eval", None)  # new weights: their figures are measured again
         out.mkdir(parents=True, exist_ok=True)
         for name in ("dialogue", "mmi"):
             export_model(runs / name / "best", out / name)
@@ -236,7 +237,7 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
 
     def evaluate() -> None:
         argv = ["eval", "--model", str(out / "dialogue"), "--mmi-model", str(out / "mmi"), "--compare-mmi",
-                "--data", *_inputs(cfg, [cfg.valid_source]), "--output", str(work / "eval"), "--seed", "1"]
+                "--data", *_inputs(cfg, [cfg.valid_source]), "--output", str(work / "eval"), "--seed", str(cfg.seed)]
         if cfg.eval_limit:
             argv += ["--limit", str(cfg.eval_limit)]
         if cfg.progress is False:
