@@ -118,6 +118,9 @@ def main() -> int:
                    help="torch threads for the engine and the baselines (default: one per core, as the "
                         "targets are set for this machine's cores)")
     p.add_argument("--preset", default="small")
+    p.add_argument("--model", help="a trained model directory instead of the preset's random weights "
+                   "(e.g. models/default/dialogue)")
+    p.add_argument("--mmi-model", help="its MMI model (default: --model's sibling mmi/ if there, else --model)")
     args = p.parse_args()
     busy = busy_cores()
     if busy is not None and busy > 0.3:  # with 2 threads each op waits for both: another process skews it a lot
@@ -126,9 +129,18 @@ def main() -> int:
     note, machine_keys = machine_note()
     print(note, file=sys.stderr)
     torch.set_num_threads(args.threads)  # the naive baseline and transformers' generate run with the same
-    tokenizer = load_tokenizer(DEFAULT_VOCAB)
-    model = build_model(tokenizer, args.preset, seed=0).eval()
-    mmi_model = build_model(tokenizer, args.preset, seed=1).eval()
+    if args.model:
+        from chitchat.modeling import load_model
+
+        sibling = Path(args.model).parent / "mmi"
+        model, tokenizer = load_model(args.model)
+        mmi_model, _ = load_model(args.mmi_model or (sibling if sibling.is_dir() else args.model))
+        model.eval(), mmi_model.eval()
+        args.preset = args.model
+    else:
+        tokenizer = load_tokenizer(DEFAULT_VOCAB)
+        model = build_model(tokenizer, args.preset, seed=0).eval()
+        mmi_model = build_model(tokenizer, args.preset, seed=1).eval()
     mmi5 = SamplingConfig(candidates=5, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8)
     single = SamplingConfig(candidates=1, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8)
     engine = Engine(model, tokenizer, mmi_model, threads=args.threads)

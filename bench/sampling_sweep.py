@@ -3,11 +3,12 @@ validation dialogues under several sampling settings, each ranked by likelihood 
 
 Prints one markdown table (a row per setting and ranking) and writes it to --table; the last line is
 one JSON object {"bench": "sampling_sweep", "rows": [...], "chosen": NAME}. The choice rule: among
-settings whose MMI-ranked replies repeat a 3-gram in at most 5% of cases and are never empty, the
-highest char F1 with MMI ranking, ties (within 0.002) to the higher Distinct-2.
+settings with 5 candidates (the chat's latency budget) whose MMI-ranked replies repeat a 3-gram in at
+most 5% of cases and are never empty, the highest char F1 with MMI ranking, ties (within 0.002) to
+the higher Distinct-2. Every setting states every sampling option, so the defaults never leak in.
 
     .venv/bin/python bench/sampling_sweep.py --model models/default/dialogue --mmi-model models/default/mmi \\
-        --data ../shared/corpora/open/cped_valid.jsonl --limit 800 --table models/default/SAMPLING_SWEEP.md
+        --data ../shared/corpora/open/cped_valid.jsonl --limit 600 --table models/default/SAMPLING_SWEEP.md
 """
 
 from __future__ import annotations
@@ -21,18 +22,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name -> chitchat eval sampling options
+# Every setting spells out every sampling option (the rest of BASE): the chat's defaults, which this
+# sweep chooses, must not leak into the rows it compares.
+BASE = {"--topk": "0", "--topp": "0", "--temperature": "1.0", "--repetition-penalty": "1.0",
+        "--no-repeat-ngram-size": "0", "--candidates": "5"}
+# name -> the options that differ from BASE
 SETTINGS = {
-    "k8": ["--topk", "8"],
-    "k8-nr3": ["--topk", "8", "--no-repeat-ngram-size", "3"],
-    "k8-t0.7-nr3": ["--topk", "8", "--temperature", "0.7", "--no-repeat-ngram-size", "3"],
-    "k20-p0.9-t0.9-rp1.2-nr3": ["--topk", "20", "--topp", "0.9", "--temperature", "0.9", "--repetition-penalty", "1.2",
-                                "--no-repeat-ngram-size", "3"],
-    "p0.9-t0.8-nr3": ["--topk", "0", "--topp", "0.9", "--temperature", "0.8", "--no-repeat-ngram-size", "3"],
-    "k8-t0.7-rp1.2-nr3": ["--topk", "8", "--temperature", "0.7", "--repetition-penalty", "1.2",
-                          "--no-repeat-ngram-size", "3"],
-    "k8-nr3-c10": ["--topk", "8", "--no-repeat-ngram-size", "3", "--candidates", "10"],
+    "k8": {"--topk": "8"},
+    "k8-nr3": {"--topk": "8", "--no-repeat-ngram-size": "3"},
+    "k8-t0.7-nr3": {"--topk": "8", "--temperature": "0.7", "--no-repeat-ngram-size": "3"},
+    "k8-t0.5-rp1.2-nr3": {"--topk": "8", "--temperature": "0.5", "--repetition-penalty": "1.2",
+                          "--no-repeat-ngram-size": "3"},
+    "k8-t0.7-rp1.2-nr3": {"--topk": "8", "--temperature": "0.7", "--repetition-penalty": "1.2",
+                          "--no-repeat-ngram-size": "3"},
+    "k20-p0.9-t0.9-rp1.2-nr3": {"--topk": "20", "--topp": "0.9", "--temperature": "0.9", "--repetition-penalty": "1.2",
+                                "--no-repeat-ngram-size": "3"},
+    "p0.9-t0.8-nr3": {"--topp": "0.9", "--temperature": "0.8", "--no-repeat-ngram-size": "3"},
+    # what twice the candidates would buy: not eligible, the chat's latency budget is 5 candidates + MMI
+    "k8-t0.7-rp1.2-nr3-c10": {"--topk": "8", "--temperature": "0.7", "--repetition-penalty": "1.2",
+                              "--no-repeat-ngram-size": "3", "--candidates": "10"},
 }
+CANDIDATES = "5"  # the chat's latency targets are set for 5 candidates + MMI ranking
+
+
+def options(name: str) -> list[str]:
+    return [x for k, v in (BASE | SETTINGS[name]).items() for x in (k, v)]
+
+
 KEYS = ("bleu2_char", "distinct2_char", "f1_char", "avg_len_chars", "repeat_3gram_rate", "empty_rate")
 
 
@@ -57,14 +73,15 @@ def main() -> int:
             argv = ["eval", "--model", args.model, "--mmi-model", args.mmi_model, "--compare-mmi", "--data", args.data,
                     "--limit", str(args.limit), "--seed", str(args.seed), "--output", str(out), "--no-progress",
                     *(["--threads", str(args.threads)] if args.threads else []),
-                    *SETTINGS[name]]
+                    *options(name)]
             if chitchat(argv) != 0:
                 raise SystemExit(f"eval failed for {name}")
             report = json.loads((out / "report.json").read_text(encoding="utf-8"))
             for system in report["systems"].values():
                 rows.append({"setting": name, "ranking": system["ranking"], **{k: system[k] for k in KEYS},
                              "perplexity_char": system["perplexity_char"], "cases": report["cases"]})
-    ok = [r for r in rows if r["ranking"] == "mmi" and r["repeat_3gram_rate"] <= 0.05 and r["empty_rate"] == 0]
+    ok = [r for r in rows if r["ranking"] == "mmi" and r["repeat_3gram_rate"] <= 0.05 and r["empty_rate"] == 0
+          and (BASE | SETTINGS[r["setting"]])["--candidates"] == CANDIDATES]
     best = max(ok, key=lambda r: (round(r["f1_char"] / 0.002), r["distinct2_char"])) if ok else None
     lines = [f"Sampling sweep: `chitchat eval` on {Path(args.data).name}, first {rows[0]['cases']} cases, seed {args.seed}, "
              f"model {args.model}, MMI model {args.mmi_model} (`bench/sampling_sweep.py`).", "",
@@ -74,9 +91,11 @@ def main() -> int:
         mark = " **(chosen)**" if best is r else ""
         lines.append(f"| `{r['setting']}`{mark} | {r['ranking']} | {r['bleu2_char']:.2f} | {r['distinct2_char']:.4f} | "
                      f"{r['f1_char']:.4f} | {r['avg_len_chars']:.2f} | {r['repeat_3gram_rate']:.2%} | {r['empty_rate']:.2%} |")
-    lines += ["", "Settings: " + "; ".join(f"`{n}` = `{' '.join(SETTINGS[n])}`" for n in names) + " (5 candidates unless "
-              "`--candidates` says otherwise). Rule: among MMI-ranked rows with at most 5% 3-gram repeats and no empty "
-              "reply, the highest F1 (ties within 0.002 to the higher Distinct-2)."]
+    base = " ".join(f"{k} {v}" for k, v in BASE.items())
+    lines += ["", f"Settings: each is `{base}` but for: " + "; ".join(
+              f"`{n}` = `{' '.join(f'{k} {v}' for k, v in SETTINGS[n].items())}`" for n in names) +
+              f". Rule: among MMI-ranked rows with {CANDIDATES} candidates (the chat's latency budget), at most 5% "
+              "3-gram repeats and no empty reply, the highest F1 (ties within 0.002 to the higher Distinct-2)."]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.table:

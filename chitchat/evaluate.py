@@ -114,14 +114,15 @@ def reference_nll(engine: Engine, cases: list[Case], batch_size: int) -> tuple[l
 
 
 def char_perplexity(model_dir: str | Path, data: list[str], limit: int | None = None,
-                    max_history_len: int = DEFAULT_MAX_HISTORY, batch_size: int = 32) -> tuple[float, int]:
+                    max_history_len: int = DEFAULT_MAX_HISTORY, batch_size: int = 32,
+                    device: str = "cpu") -> tuple[float, int]:
     """(per-character perplexity, cases) of the references of the first `limit` test cases of `data`,
     teacher-forced with the context `chitchat eval` gives them: no sampling, seconds for a few hundred."""
     cfg = EvalConfig(models=[str(model_dir)], data=data, output=Path("."), limit=limit, max_history_len=max_history_len)
     cases = build_cases(cfg, ReadStats())
     if not cases:
         raise ChitchatError(f"no test case in {', '.join(data)}")
-    nll, _ = reference_nll(Engine.load(str(model_dir)), cases, batch_size)
+    nll, _ = reference_nll(Engine.load(str(model_dir), device=device), cases, batch_size)
     return perplexity(sum(n for n, _ in nll), sum(len(chars(c.reference)) for c in cases)), len(cases)
 
 

@@ -67,7 +67,7 @@ class SamplingConfig:
     temperature: float = 0.7
     top_k: int = 8
     top_p: float = 0.0
-    repetition_penalty: float = 1.2
+    repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 3
     min_len: int = 1
     max_len: int = 25

@@ -37,6 +37,7 @@ from chitchat.evaluate import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = "TRAINED_ON.json"
+MACHINE = "machine.json"  # in each training run: the machine it trained on
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class StageConfig:
     warmup_steps: int | None = None
     eval_every: int | None = None
     batch_tokens: int | None = None
+    time_limit: float | None = None  # a safety net: the run ends, its LR decayed, after this many seconds
 
 
 @dataclass
@@ -77,16 +79,18 @@ class RecipeConfig:
     valid_source: Source = CPED_VALID
     vocab_size: int = 6000
     max_len: int = 256
-    # 4 x 128: about 0.8 M parameters in the blocks, near the compute-optimal size for the ~1 hour of
-    # 2 CPU cores this recipe gets (README, "The default model": the probes behind the choice)
+    # 8 x 256 (7.9 M parameters), pre-trained on 62.7 M tokens (2 epochs of SMILE) in batches of 32,768
+    # positions, the chitchat stages at lr 3e-4: the best of 10 variants of a sweep at equal time on one
+    # GPU (bench/recipe_sweep.py; README, "The default model"). On 2 CPU cores the same steps take about 8 hours.
     preset: str = "small"
-    model_config: dict = field(default_factory=lambda: {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256})
+    model_config: dict = field(default_factory=lambda: {"n_layer": 8, "n_embd": 256, "n_head": 4, "n_positions": 256})
     # the chitchat stages start from pre-training's last step; each keeps its best step on CPED valid
-    pretrain: StageConfig = field(default_factory=lambda: StageConfig(steps=1800, lr=3e-3, eval_every=300))
-    dialogue: StageConfig = field(default_factory=lambda: StageConfig(steps=600, lr=1e-3, warmup_steps=20, eval_every=50))
-    mmi: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=1e-3, warmup_steps=20, eval_every=50))
+    pretrain: StageConfig = field(default_factory=lambda: StageConfig(steps=1950, lr=2e-3, eval_every=325, batch_tokens=32768))
+    dialogue: StageConfig = field(default_factory=lambda: StageConfig(steps=600, lr=3e-4, warmup_steps=20, eval_every=50))
+    mmi: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=3e-4, warmup_steps=20, eval_every=50))
     seed: int = 1
     threads: int | None = None
+    device: str | None = None       # training device (cpu, cuda, ...); None: cuda if available, else cpu
     eval_limit: int | None = None   # None: every case of the validation file
     progress: bool | None = None
 
@@ -141,7 +145,7 @@ def _train_argv(cfg: RecipeConfig, stage: StageConfig, data: Path, out: Path, *,
     else:
         argv += ["--init-from", str(init_from)]
     for flag, value in (("--stop-after-steps", stage.stop_after), ("--warmup-steps", stage.warmup_steps), ("--eval-every", stage.eval_every),
-                        ("--batch-tokens", stage.batch_tokens), ("--threads", cfg.threads)):
+                        ("--batch-tokens", stage.batch_tokens), ("--time-limit", stage.time_limit), ("--threads", cfg.threads), ("--device", cfg.device)):
         if value is not None:
             argv += [flag, str(value)]
     if mmi:
@@ -173,7 +177,14 @@ def model_files(root: Path) -> dict[str, str]:
             if p.is_file() and p.name not in (MANIFEST, "README.md")}
 
 
-def run_recipe(cfg: RecipeConfig, say=print) -> dict:
+STAGES = ("preprocess", "train", "export", "eval")
+
+
+def run_recipe(cfg: RecipeConfig, say=print, until: str | None = None) -> dict | None:
+    """The whole recipe, or its stages up to and including `until` (one of STAGES: `preprocess`
+    prepares the datasets to train elsewhere, `train` stops before the export); None then."""
+    if until is not None and until not in STAGES:
+        raise ChitchatError(f"unknown stage {until!r} (choose from {', '.join(STAGES)})")
     started = time.time()
     work, out = Path(cfg.work), Path(cfg.output)
     work.mkdir(parents=True, exist_ok=True)
@@ -200,7 +211,9 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
         log_path.write_text(json.dumps(log, indent=2), encoding="utf-8")
 
     sources = {"pretrain": cfg.pretrain_sources, "chitchat": cfg.chitchat_sources, "valid": (cfg.valid_source,)}
-    files = {s: source_files(cfg, s) for group in sources.values() for s in group}  # every source checked first
+    prepared = all(log.get(k, {}).get("done") for k in ("vocab", *(f"preprocess-{n}" for n in sources)))
+    # every source is checked first, unless only training on prepared data is asked for (on another machine)
+    files = {} if prepared and until == "train" else {s: source_files(cfg, s) for group in sources.values() for s in group}
     vocab = work / "vocab.txt"
     training = list(cfg.pretrain_sources) + list(cfg.chitchat_sources)
     timed("vocab", lambda: _run(["vocab", *_inputs(cfg, training), "--size", str(cfg.vocab_size), "--output",
@@ -214,6 +227,8 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
             _run(["preprocess", *_inputs(cfg, group), "--vocab", str(vocab), "--output", str(dest),
                   "--max-len", str(cfg.max_len), "--seed", str(cfg.seed), *split], say)
         timed(f"preprocess-{name}", prep)
+    if until == "preprocess":
+        return None
 
     runs = work / "runs"
     plan = [("pretrain", cfg.pretrain, "pretrain", False, None),
@@ -225,7 +240,10 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
         def train_stage(run=run, stage=stage, data=data, mmi=mmi, init=init) -> None:
             if not _train_done(run, stage):
                 _run(_train_argv(cfg, stage, work / "data" / data, run, mmi=mmi, init_from=init), say)
+                (run / MACHINE).write_text(json.dumps(_machine(), indent=2), encoding="utf-8")
         timed(name, train_stage)
+    if until == "train":
+        return None
 
     def export() -> None:
         log.pop("eval", None)  # new weights: their figures are measured again
@@ -234,6 +252,8 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
             export_model(runs / name / "best", out / name)
     exported = all((out / n / "config.json").is_file() for n in ("dialogue", "mmi"))
     timed("export", export, target=str(out.resolve()), present=exported)
+    if until == "export":
+        return None
 
     def evaluate() -> None:
         argv = ["eval", "--model", str(out / "dialogue"), "--mmi-model", str(out / "mmi"), "--compare-mmi",
@@ -244,6 +264,8 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
             argv.append("--no-progress")
         _run(argv, say)
     timed("eval", evaluate, target=str(out.resolve()))
+    if until == "eval":
+        return None
 
     manifest = build_manifest(cfg, files, log, runs, started)
     (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -280,6 +302,9 @@ def build_manifest(cfg: RecipeConfig, files: dict, log: dict, runs: Path, starte
             "steps": s["step"], "schedule_steps": conf["max_steps"], "lr": conf["lr"], "tokens_seen": s["tokens_seen"], "train_seconds": round(s["elapsed"], 1),
             "wall_seconds": seconds, "useful_tokens_per_s": round(s["tokens_seen"] / s["elapsed"], 1) if s["elapsed"] else None,
             "best_step": s["best_step"], "best_valid_loss": s["best_valid_loss"], "params": s["params"],
+            "device": s.get("device"), "batch_tokens": conf.get("batch_tokens") or s.get("batch_tokens"),
+            "time_limit": conf.get("time_limit"), "stop_reason": s.get("stop_reason"),
+            "machine": json.loads((runs / name / MACHINE).read_text(encoding="utf-8")) if (runs / name / MACHINE).is_file() else None,
         }
     report = json.loads((cfg.work / "eval" / "report.json").read_text(encoding="utf-8"))
     systems = report["systems"]
@@ -322,8 +347,17 @@ def guard_figure(cfg: RecipeConfig) -> dict:
     return {"data": cfg.valid_source.path, "cases": cases, "perplexity_char": ppl}
 
 
+def _where(machine: dict | None) -> str:
+    if not machine:
+        return "an unrecorded machine"
+    return f"one {machine['gpu']}" if machine.get("gpu") else f"{machine['cpus']} CPU cores"
+
+
 def model_card(m: dict) -> str:
     v, model = m["validation"], m["model"]
+    params = m["stages"]["dialogue"]["params"]
+    trained_on = sorted({_where(s.get("machine")) for s in m["stages"].values()})
+    train_minutes = sum(s["wall_seconds"] for s in m["stages"].values()) / 60
     rows = "\n".join(
         f"| {label} | {v['likelihood_ranking'][k]:{fmt}} | {v['mmi_ranking'][k]:{fmt}} |"
         for k, label, fmt in (("bleu2_char", "BLEU-2 (char)", ".2f"), ("distinct2_char", "Distinct-2 (char)", ".4f"),
@@ -335,7 +369,7 @@ def model_card(m: dict) -> str:
         for role, group in m["sources"].items() for s in group)
     stages = "\n".join(
         f"| {name} | {s['data']}{' (reversed)' if s['mmi'] else ''} | {s['init_from'] or 'scratch'} | {s['steps']:,} | "
-        f"{s['tokens_seen']:,} | {s['train_seconds']:,.0f} s | {s['useful_tokens_per_s']:,.0f} |"
+        f"{s['tokens_seen']:,} | {s['train_seconds']:,.0f} s | {s['useful_tokens_per_s']:,.0f} | {_where(s.get('machine'))} |"
         for name, s in m["stages"].items())
     return f"""---
 language: zh
@@ -348,10 +382,12 @@ tags: [gpt2, dialogue, chitchat, chinese]
 # chitchat default model
 
 A small Chinese chitchat model (GPT-2, {model['n_layer']} layers x {model['n_embd']}, {model['n_head']} heads,
-{model['n_positions']} positions, {model['vocab_size']:,} characters) and its reverse MMI model, which scores
-P(history | reply) to rerank candidates. Built by `make default-model` (`chitchat default-model`,
-`chitchat/recipe.py`) from open corpora on {m['machine']['cpus']} CPU cores in {m['wall_seconds'] / 60:.0f} minutes;
-`TRAINED_ON.json` beside this card records every source (with SHA-256), stage, step count, token count and time.
+{model['n_positions']} positions, {model['vocab_size']:,} characters, {params / 1e6:.1f} M parameters) and its
+reverse MMI model, which scores P(history | reply) to rerank candidates. Built by `make default-model`
+(`chitchat default-model`, `chitchat/recipe.py`) from open corpora: {train_minutes:.0f} minutes of training on
+{' and '.join(trained_on)}, data preparation and evaluation on {_where(m['machine'])} ({m['wall_seconds'] / 60:.0f} minutes
+of stages in all). `TRAINED_ON.json` beside this card records every source (with SHA-256), stage, step
+count, token count, time and machine.
 
 ## Intended use
 
@@ -377,8 +413,8 @@ The validation file holds other TV series than the training file and was never t
 
 ## Training
 
-| stage | data | from | steps | tokens | time | tokens/s |
-| --- | --- | --- | ---: | ---: | ---: | ---: |
+| stage | data | from | steps | tokens | time | tokens/s | machine |
+| --- | --- | --- | ---: | ---: | ---: | ---: | --- |
 {stages}
 
 ## Metrics
@@ -393,7 +429,7 @@ per-character perplexity **{v['perplexity_char']:.2f}** (per token {v['perplexit
 
 ## Limitations
 
-A small model trained for about an hour on a CPU: replies are short, often generic, and can be
+A small model ({params / 1e6:.1f} M parameters, {train_minutes:.0f} minutes of training): replies are short, often generic, and can be
 wrong, odd or contradict earlier turns. It knows little about the world, has no persona
 consistency, and had no safety training: it can repeat anything its corpora hold. Much of its
 language comes from counselling conversations, which shows in its register. Do not use it where a
@@ -407,13 +443,16 @@ def add_arguments(p) -> None:
     p.add_argument("--work", type=Path, default=d.work, help="datasets, training runs and the evaluation (a stopped run resumes here)")
     p.add_argument("--corpora", type=Path, default=d.corpora, help="folder holding the open corpora (open/, kdconv/)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: every core)")
+    p.add_argument("--device", help="training device: cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--until", choices=STAGES, help="stop after this stage: preprocess (to train on another machine), "
+                   "train, export or eval")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
     cfg = replace(RecipeConfig(), output=args.output, work=args.work, corpora=args.corpora, threads=args.threads,
-                  progress=False if args.no_progress else None)
-    run_recipe(cfg, say=lambda text: print(text, flush=True))
+                  device=args.device, progress=False if args.no_progress else None)
+    run_recipe(cfg, say=lambda text: print(text, flush=True), until=args.until)
     return 0
 
 

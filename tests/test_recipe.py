@@ -143,3 +143,68 @@ def test_ensure_default_model_rebuilds_a_missing_model_then_reuses_it(built, tmp
     [transcript] = (tmp_path / "home" / "transcripts").glob("*.jsonl")
     record = json.loads(transcript.read_text(encoding="utf-8"))
     assert record["model"] == str(root / "dialogue") and record["mmi_model"] == str(root / "mmi")
+
+
+def test_a_missing_default_model_of_a_checkout_is_restored_from_git(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    import chitchat.default_model as dm
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "checkout"
+    for name in ("dialogue", "mmi"):
+        (repo / "models" / "default" / name).mkdir(parents=True)
+        (repo / "models" / "default" / name / "config.json").write_text(f'{{"name": "{name}"}}', encoding="utf-8")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "model"], check=True)
+    shutil.rmtree(repo / "models" / "default")
+    monkeypatch.setattr(dm, "REPO_ROOT", repo)
+    monkeypatch.setattr(dm, "run_recipe", lambda *a, **k: pytest.fail("the recipe ran instead of git"))
+    messages: list[str] = []
+    root = repo / "models" / "default"
+    assert dm.ensure_default_model(say=messages.append, root=root) == (str(root / "dialogue"), str(root / "mmi"))
+    assert "restored the committed one" in messages[0] and len(messages) == 1
+    assert (root / "mmi" / "config.json").read_text(encoding="utf-8") == '{"name": "mmi"}'
+
+
+def test_until_preprocess_prepares_the_datasets_alone(tmp_path):
+    cfg = tiny_recipe(tmp_path)
+    assert run_recipe(cfg, say=lambda _: None, until="preprocess") is None
+    assert {p.name for p in (cfg.work / "data").iterdir()} == {"pretrain", "chitchat", "valid"}
+    assert not (cfg.work / "runs").exists() and not cfg.output.exists()
+    with pytest.raises(ChitchatError, match="unknown stage"):
+        run_recipe(cfg, say=lambda _: None, until="nonsense")
+
+
+def test_training_on_prepared_data_needs_no_corpora_and_records_its_machine(built, tmp_path):
+    """What runs on another machine (a GPU): the training stages on a copy of the prepared work folder."""
+    import shutil
+
+    cfg, manifest, _ = built
+    work = tmp_path / "work"
+    shutil.copytree(cfg.work, work)
+    log = json.loads((work / "stages.json").read_text(encoding="utf-8"))
+    (work / "stages.json").write_text(json.dumps({k: v for k, v in log.items() if not k.startswith(("mmi", "export", "eval"))}),
+                                      encoding="utf-8")
+    shutil.rmtree(work / "runs" / "mmi")
+    moved = replace(cfg, work=work, corpora=tmp_path / "nowhere", output=tmp_path / "out")
+    messages: list[str] = []
+    assert run_recipe(moved, say=messages.append, until="train") is None
+    assert any(m.startswith("$ chitchat train") and "--mmi" in m for m in messages)
+    assert json.loads((work / "runs" / "mmi" / "machine.json").read_text(encoding="utf-8"))["cpus"] >= 1
+    assert not moved.output.exists()
+    assert manifest["stages"]["pretrain"]["machine"]["cpus"] >= 1  # each stage's machine is in TRAINED_ON.json
+
+
+def test_a_command_imports_only_its_own_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; from chitchat.cli import build_parser; build_parser('train'); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'prompt_toolkit', 'jieba') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
