@@ -3,14 +3,15 @@ several model configurations at once on one machine (a GPU: the variants share i
 same time budget, scored by per-character perplexity on CPED valid.
 
     chitchat default-model --until preprocess          # here: vocab and datasets into runs/recipe
-    python bench/recipe_sweep.py --work runs/recipe --out runs/sweep --budget 270 --device cuda
+    python bench/recipe_sweep.py --work runs/recipe --out runs/sweep --device cuda   # 358 s on one H200
 
 1. probe: each variant's pre-training runs for --probe seconds (all at once, as they will run) to
    measure its steps per second;
 2. pre-training steps = that rate x --budget (at most --max-epochs over the pre-training set), then
    each variant runs the recipe itself (`run_recipe(..., until="train")`: pretrain, dialogue, mmi) with
-   those fixed steps, all variants at once; a second chitchat stage at another learning rate reuses
-   its pre-training;
+   those fixed steps, all variants at once (pre-training also gets a safety --time-limit of 1.3 x the
+   budget, which only shapes the first warm-up steps when the steps finish in time); a second chitchat
+   stage at another learning rate reuses its pre-training;
 3. every dialogue model's per-character perplexity on the validation file (teacher-forced, all cases);
    the best is exported (fp16) with its run records into --out/pack (split into parts of at most
    15 MiB, to carry back: `cat pack.tar.gz.* | tar xz`).
@@ -131,8 +132,8 @@ def main() -> None:
     ap.add_argument("--corpora", type=Path, default=None, help="folder holding the validation file (default: the recipe's)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--device", default=None)
-    ap.add_argument("--budget", type=float, default=270, help="seconds of pre-training per variant (all at once)")
-    ap.add_argument("--probe", type=float, default=30)
+    ap.add_argument("--budget", type=float, default=220, help="seconds of pre-training per variant (all at once)")
+    ap.add_argument("--probe", type=float, default=25, help="seconds of the throughput probe")
     ap.add_argument("--batch-tokens", type=int, default=32768, help="pre-training batch (positions per step)")
     ap.add_argument("--max-epochs", type=float, default=8)
     ap.add_argument("--min-steps", type=int, default=20)
