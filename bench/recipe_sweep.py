@@ -142,7 +142,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out = args.out.resolve()
     t0 = time.time()
-    base = replace(RecipeConfig(), corpora=args.corpora or RecipeConfig().corpora)
+    base = RecipeConfig() if args.corpora is None else replace(RecipeConfig(), corpora=args.corpora)
     args.out.mkdir(parents=True, exist_ok=True)
     works = {n: args.out / n for n in args.variants}
     cfgs = {}
@@ -183,7 +183,6 @@ def main() -> None:
     procs = {n: start(train, first[n], args.out / f"{n}.log") for n in first}
     procs |= {n: start(finetune_again, c, pre, args.out / f"{n}.log", deadline) for n, (c, pre) in second.items()}
     codes = join_all(procs)
-    codes2 = codes
     print(f"trained ({time.time() - t1:.0f} s): {codes}", flush=True)
 
     # 3. score every dialogue model: teacher-forced per-character perplexity, every case
@@ -195,7 +194,7 @@ def main() -> None:
     scoring = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     results = []
     for name, c in [*((n, first[n]) for n in first if codes[n] == 0),
-                    *((n, c) for n, (c, _) in second.items() if codes2[n] == 0)]:
+                    *((n, c) for n, (c, _) in second.items() if codes[n] == 0)]:
         runs = c.work / "runs"
         summ = {k: json.loads((runs / k / "summary.json").read_text(encoding="utf-8")) for k in ("pretrain", "dialogue", "mmi")}
         try:
