@@ -27,9 +27,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chitchat.generate import Engine, SamplingConfig  # noqa: E402
-from chitchat.modeling import build_model  # noqa: E402
-from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer  # noqa: E402
+from chitchat.engine.engine import Engine  # noqa: E402
+
+from chitchat.model.sampling import SamplingConfig
+from chitchat.model.gpt2 import build_model  # noqa: E402
+from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer  # noqa: E402
 from machine import busy_cores, machine_note  # noqa: E402
 
 HISTORY = [
@@ -130,7 +132,7 @@ def main() -> int:
     print(note, file=sys.stderr)
     torch.set_num_threads(args.threads)  # the naive baseline and transformers' generate run with the same
     if args.model:
-        from chitchat.modeling import load_model
+        from chitchat.model.gpt2 import load_model
 
         sibling = Path(args.model).parent / "mmi"
         model, tokenizer = load_model(args.model)

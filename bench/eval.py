@@ -5,7 +5,7 @@ Shape (issue 5): `small` preset with random weights (and an MMI model of the sam
 500 test cases of the shared LCCC toy valid split (contexts bounded like the chat's: 3 utterances),
 replies of exactly 25 tokens (min_len = max_len, so that timing does not depend on the weights),
 cases generated in batches of `--batch-size`. Measured: 1 candidate without MMI, and 5 candidates
-ranked by MMI. The loop timed is `chitchat.evaluate.run_model`, the one `chitchat eval` runs; the
+ranked by MMI. The loop timed is `chitchat.eval.evaluate.run_model`, the one `chitchat eval` runs; the
 metrics and the reference perplexity are not timed. Ends with one JSON line.
 
     .venv/bin/python bench/eval.py [--cases 500] [--runs 3] [--batch-size 32]
@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from chitchat.evaluate import EvalConfig, build_cases, run_model  # noqa: E402
-from chitchat.generate import Engine, SamplingConfig  # noqa: E402
-from chitchat.modeling import build_model  # noqa: E402
-from chitchat.readers import ReadStats  # noqa: E402
-from chitchat.tokenizer import DEFAULT_VOCAB, load_tokenizer  # noqa: E402
+from chitchat.eval.evaluate import EvalConfig, build_cases, run_model  # noqa: E402
+from chitchat.engine.engine import Engine  # noqa: E402
+from chitchat.model.sampling import SamplingConfig
+from chitchat.model.gpt2 import build_model  # noqa: E402
+from chitchat.corpus.readers import ReadStats  # noqa: E402
+from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "corpora" / "lccc_toy" / "valid.json"
 REPLY_LEN = 25

@@ -133,7 +133,7 @@ def build_layout(folder: Path, layout: str, dialogues: list[list[str]], target_b
 
 _READ_ONLY = """
 import sys
-from chitchat.readers import ReadStats, read_corpus
+from chitchat.corpus.readers import ReadStats, read_corpus
 stats = ReadStats()
 n = sum(len(d.utterances) for d in read_corpus(sys.argv[1:], stats))
 assert not stats.errors, stats.errors

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chitchat.recipe import MACHINE, RecipeConfig, StageConfig, export_model, run_recipe  # noqa: E402
+from chitchat.recipe.recipe import MACHINE, RecipeConfig, StageConfig, export_model, run_recipe  # noqa: E402
 
 # name -> (model config, pre-training lr); every variant pre-trains with the same batch
 VARIANTS = {
@@ -70,7 +70,7 @@ def link_prepared(src: Path, work: Path) -> None:
 def probe(cfg: RecipeConfig, seconds: float, out: Path) -> None:
     """Pre-training for `seconds`: metrics.jsonl gives the steps per second."""
     from chitchat.cli import main
-    from chitchat.recipe import _train_argv
+    from chitchat.recipe.recipe import _train_argv
 
     stage = replace(cfg.pretrain, steps=10 ** 6, eval_every=10 ** 6, time_limit=seconds)
     argv = _train_argv(cfg, stage, cfg.work / "data" / "pretrain", out, mmi=False, init_from=None)
@@ -186,7 +186,7 @@ def main() -> None:
     print(f"trained ({time.time() - t1:.0f} s): {codes}", flush=True)
 
     # 3. score every dialogue model: teacher-forced per-character perplexity, every case
-    from chitchat.evaluate import char_perplexity
+    from chitchat.eval.evaluate import char_perplexity
 
     import torch
 

@@ -52,8 +52,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def build_models(root: Path, preset: str) -> tuple[Path, Path]:
-    from chitchat.modeling import build_model, save_model
-    from chitchat.tokenizer import DEFAULT_VOCAB, load_tokenizer
+    from chitchat.model.gpt2 import build_model, save_model
+    from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer
 
     tokenizer = load_tokenizer(DEFAULT_VOCAB)
     for name, seed in (("dialogue", 0), ("mmi", 1)):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chitchat.modeling import build_model, save_model
-from chitchat.tokenizer import DEFAULT_VOCAB, load_tokenizer
+from chitchat.model.gpt2 import build_model, save_model
+from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def shared_corpora() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from chitchat.tokenizer import load_tokenizer
+    from chitchat.tokens.tokenizer import load_tokenizer
 
     return load_tokenizer(VOCAB)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from chitchat.chat import Repl, run, run_terminal
+from chitchat.chat.repl import Repl, run, run_terminal
 from chitchat.cli import build_parser
-from chitchat.generate import Engine, SamplingConfig
-from chitchat.session import ChatSettings, Session
+from chitchat.engine.engine import Engine
+from chitchat.model.sampling import SamplingConfig
+from chitchat.chat.session import Session
+from chitchat.engine.settings import ChatSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,7 +291,7 @@ def test_terminal_streams_one_candidate_and_spins_for_several(engine, tmp_path):
 def test_terminal_emitter_finishes_a_streamed_line_and_wipes_the_spinner():
     from prompt_toolkit.output.plain_text import PlainTextOutput
 
-    from chitchat.chat import terminal_emitter
+    from chitchat.chat.repl import terminal_emitter
 
     buffer = io.StringIO()
     text = lambda: buffer.getvalue().replace("\r\n", "\n")  # noqa: E731  (a newline is written as CR LF)

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from chitchat.dataset import FORMAT_VERSION, load_dataset, new_dataset_dir, read_manifest
+from chitchat.tokens.dataset import FORMAT_VERSION, load_dataset, new_dataset_dir, read_manifest
 from chitchat.errors import ChitchatError
-from chitchat.normalize import normalize
-from chitchat.preprocess import PreprocessConfig, preprocess
-from chitchat.tokenizer import CLS, SEP, UNK, read_vocab, vocab_hash
+from chitchat.corpus.normalize import normalize
+from chitchat.tokens.preprocess import PreprocessConfig, preprocess
+from chitchat.tokens.tokenizer import CLS, SEP, UNK, read_vocab, vocab_hash
 from preprocessing_support import VOCAB, encode, tokenizer, write_jsonl  # noqa: F401 (fixture)
 
 DIALOGUES = [

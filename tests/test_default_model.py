@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chitchat.recipe import MANIFEST, model_files
+from chitchat.recipe.recipe import MANIFEST, model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "default"
@@ -40,7 +40,7 @@ def test_shipped_model_loads_without_this_package(manifest):
 
 
 def test_shipped_model_keeps_its_validation_perplexity(manifest):
-    from chitchat.evaluate import char_perplexity
+    from chitchat.eval.evaluate import char_perplexity
 
     guard = manifest["guard"]
     data = SHARED / guard["data"]

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from chitchat.cli import main
-from chitchat.evaluate import EvalConfig, build_cases, evaluate
-from chitchat.generate import SamplingConfig
-from chitchat.modeling import build_model, save_model
-from chitchat.readers import ReadStats
-from chitchat.tokenizer import DEFAULT_VOCAB, load_tokenizer
+from chitchat.eval.evaluate import EvalConfig, build_cases, evaluate
+from chitchat.model.sampling import SamplingConfig
+from chitchat.model.gpt2 import build_model, save_model
+from chitchat.corpus.readers import ReadStats
+from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer
 
 DIALOGUES = [
     ["你好", "你好呀,今天过得怎么样", "还不错,刚下班", "辛苦了"],

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from chitchat.errors import ChitchatError
-from chitchat.generate import MAX_RESAMPLE, Candidate, Engine, FastGPT2, SamplingConfig
-from chitchat.modeling import build_model
-from chitchat.tokenizer import CLS, DEFAULT_VOCAB, PAD, SEP, SPACE, UNK, load_tokenizer
+from chitchat.engine.engine import MAX_RESAMPLE, Candidate, Engine, FastGPT2
+from chitchat.model.sampling import SamplingConfig
+from chitchat.model.gpt2 import build_model
+from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, PAD, SEP, SPACE, UNK, load_tokenizer
 
 HISTORY = ["你好", "你好啊,今天过得怎么样", "还不错,刚下班"]
 
@@ -113,11 +114,11 @@ def test_hidden_skip_computes_only_the_wanted_positions(models):
 def test_transposed_layout_matches_one_product(onednn, monkeypatch):
     """Every path of Fp32Linear (two blocks, oneDNN's packed weight, the plain product) gives the
     plain product, its residual form and its fused GELU form; without oneDNN too."""
-    import chitchat.quantize
-    from chitchat.quantize import _ONEDNN, Fp32Linear
+    import chitchat.engine.quantize
+    from chitchat.engine.quantize import _ONEDNN, Fp32Linear
 
     if not onednn:
-        monkeypatch.setattr(chitchat.quantize, "_ONEDNN", False)
+        monkeypatch.setattr(chitchat.engine.quantize, "_ONEDNN", False)
     gelu = lambda y: F.gelu(y, approximate="tanh")  # noqa: E731
     for bias in (torch.randn(999), None):  # 999 outputs: one block, not two
         for weight in (torch.randn(999, 64), torch.randn(1000, 64)):
@@ -146,7 +147,7 @@ def test_two_threads_decode_the_same(tokenizer, models):
 
 
 def test_int8_linear_matches_fp32_and_its_residual_form():
-    from chitchat.quantize import Int8Linear
+    from chitchat.engine.quantize import Int8Linear
 
     weight, bias = torch.randn(300, 64) * 0.05, torch.randn(300)
     lin = Int8Linear(weight, bias, out_in=True)
@@ -381,8 +382,8 @@ def test_mmi_off_ranks_by_likelihood(engine):
 
 
 def test_load_round_trip_and_vocabulary_mismatch(tmp_path, tokenizer, models):
-    from chitchat.modeling import save_model
-    from chitchat.tokenizer import build_tokenizer, tokenizer_tokens
+    from chitchat.model.gpt2 import save_model
+    from chitchat.tokens.tokenizer import build_tokenizer, tokenizer_tokens
 
     save_model(models[0], tokenizer, tmp_path / "dialogue")
     save_model(models[1], tokenizer, tmp_path / "mmi")
@@ -410,7 +411,7 @@ def test_replies_for_several_histories_in_one_batch(engine):
 
 
 def test_top_p_keeps_the_smallest_set_holding_p():
-    from chitchat.generate import _nucleus_candidates
+    from chitchat.engine.engine import _nucleus_candidates
 
     logits = torch.randn(3, 8000, generator=torch.Generator().manual_seed(0)) * 4
     order = logits.sort(-1, descending=True).indices

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from chitchat.generate import FastGPT2, torch_threads
-from chitchat.modeling import build_model
-from chitchat.normalize import normalize
-from chitchat.tokenizer import CLS, DEFAULT_VOCAB, SEP, load_tokenizer
+from chitchat.engine.engine import FastGPT2, torch_threads
+from chitchat.model.gpt2 import build_model
+from chitchat.corpus.normalize import normalize
+from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, SEP, load_tokenizer
 
 LCCC = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "lccc_toy"
 MAX_LEN = 48

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from chitchat.errors import ChitchatError
-from chitchat.preprocess import PreprocessConfig, preprocess
-from chitchat.readers import ReadStats, RowColumns, detect_format, expand_inputs, read_corpus
+from chitchat.tokens.preprocess import PreprocessConfig, preprocess
+from chitchat.corpus.readers import ReadStats, RowColumns, detect_format, expand_inputs, read_corpus
 from preprocessing_support import CORPUS, shared_corpora
 
 
@@ -295,7 +295,7 @@ def test_mixed_folder_of_every_layout(formats, tmp_path):
 
 def test_cli_pair_and_column_options(tmp_path):
     """`chitchat preprocess --pair A B --text-column ...` through the real CLI."""
-    from chitchat.dataset import read_manifest
+    from chitchat.tokens.dataset import read_manifest
     from preprocessing_support import run_chitchat
 
     (tmp_path / "q.txt").write_text("你好\n在吗\n", encoding="utf-8")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from chitchat.metrics import bleu, char_f1, distinct, perplexity, repeats_3gram, reply_metrics, tfidf_cosine
+from chitchat.eval.metrics import bleu, char_f1, distinct, perplexity, repeats_3gram, reply_metrics, tfidf_cosine
 
 
 def test_perfect_reply_scores_full_marks():

@@ -3,7 +3,7 @@ import unicodedata
 
 import pytest
 
-from chitchat.normalize import normalize
+from chitchat.corpus.normalize import normalize
 
 
 @pytest.mark.parametrize("raw, expected", [

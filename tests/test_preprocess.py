@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from chitchat.cli import main
-from chitchat.dataset import load_dataset, read_manifest
+from chitchat.tokens.dataset import load_dataset, read_manifest
 from chitchat.errors import ChitchatError
-from chitchat.preprocess import PreprocessConfig, choose_valid, dialogue_windows, preprocess
-from chitchat.sequences import build_windows, window_tokens
-from chitchat.tokenizer import SEP
+from chitchat.tokens.preprocess import PreprocessConfig, choose_valid, dialogue_windows, preprocess
+from chitchat.tokens.sequences import build_windows, window_tokens
+from chitchat.tokens.tokenizer import SEP
 from preprocessing_support import CORPUS, PYTHON, ROOT, cli_env, encode, run_chitchat, tokenizer, write_jsonl  # noqa: F401
 
 

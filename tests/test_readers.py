@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from chitchat.errors import ChitchatError
-from chitchat.readers import ReadStats, detect_format, expand_inputs, read_corpus
+from chitchat.corpus.readers import ReadStats, detect_format, expand_inputs, read_corpus
 from preprocessing_support import CORPUS
 
 

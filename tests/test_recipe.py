@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from chitchat.errors import ChitchatError
-from chitchat.recipe import MANIFEST, RecipeConfig, Source, StageConfig, model_files, run_recipe
+from chitchat.recipe.recipe import MANIFEST, RecipeConfig, Source, StageConfig, model_files, run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_exported_weights_are_fp16_and_load_as_fp32(built):
     cfg, _, _ = built
     with safe_open(str(cfg.output / "dialogue" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
-    from chitchat.modeling import load_model
+    from chitchat.model.gpt2 import load_model
 
     model, _ = load_model(cfg.output / "dialogue")
     assert next(model.parameters()).dtype == torch.float32
@@ -116,23 +116,21 @@ def test_a_missing_corpus_is_one_line_naming_it_and_its_origin(tmp_path):
     assert not (tmp_path / "default").exists()
 
 
-def test_ensure_default_model_rebuilds_a_missing_model_then_reuses_it(built, tmp_path, monkeypatch):
-    from chitchat.chat import run
+def test_a_missing_default_model_outside_a_checkout_is_one_line_saying_how_to_get_it(built, tmp_path, monkeypatch):
+    """Never an implicit multi-hour training: an error naming git and the recipe; a built model is used."""
+    from chitchat.chat.repl import run
     from chitchat.cli import build_parser
-    from chitchat.default_model import ensure_default_model
+    from chitchat.model.default import ensure_default_model
 
     cfg, manifest, _ = built
-    import shutil
-
-    work = tmp_path / "work"
-    shutil.copytree(cfg.work, work)  # finished stages are reused: only export, eval and the card run again
-    root = tmp_path / "default"
     messages: list[str] = []
-    dialogue, mmi = ensure_default_model(say=messages.append, root=root, recipe=replace(cfg, work=work))
-    assert (dialogue, mmi) == (str(root / "dialogue"), str(root / "mmi"))
-    assert "rebuilding it with its recipe" in messages[0]
-    messages.clear()
-    assert ensure_default_model(say=messages.append, root=root) == (dialogue, mmi) and messages == []
+    with pytest.raises(ChitchatError) as e:
+        ensure_default_model(say=messages.append, root=tmp_path / "nowhere")
+    assert "\n" not in str(e.value) and "git checkout" in str(e.value) and "chitchat default-model" in str(e.value)
+    assert not (tmp_path / "nowhere").exists() and messages == []
+    root = cfg.output
+    dialogue, mmi = ensure_default_model(say=messages.append, root=root)
+    assert (dialogue, mmi) == (str(root / "dialogue"), str(root / "mmi")) and messages == []
 
     monkeypatch.setenv("CHITCHAT_DEFAULT_MODEL", str(root))
     monkeypatch.setenv("CHITCHAT_HOME", str(tmp_path / "home"))
@@ -149,7 +147,7 @@ def test_a_missing_default_model_of_a_checkout_is_restored_from_git(tmp_path, mo
     import shutil
     import subprocess
 
-    import chitchat.default_model as dm
+    import chitchat.model.default as dm
 
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -163,7 +161,7 @@ def test_a_missing_default_model_of_a_checkout_is_restored_from_git(tmp_path, mo
     subprocess.run([*git, "commit", "-qm", "model"], check=True)
     shutil.rmtree(repo / "models" / "default")
     monkeypatch.setattr(dm, "REPO_ROOT", repo)
-    monkeypatch.setattr(dm, "run_recipe", lambda *a, **k: pytest.fail("the recipe ran instead of git"))
+    monkeypatch.setattr(dm, "CHECKOUT_MODEL", repo / "models" / "default")
     messages: list[str] = []
     root = repo / "models" / "default"
     assert dm.ensure_default_model(say=messages.append, root=root) == (str(root / "dialogue"), str(root / "mmi"))

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from chitchat.sequences import build_windows, window_tokens
+from chitchat.tokens.sequences import build_windows, window_tokens
 
 CLS, SEP = 2, 3
 

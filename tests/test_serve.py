@@ -25,11 +25,12 @@ from schemathesis.checks import positive_data_acceptance
 
 from chitchat.cli import build_parser
 from chitchat.errors import ChitchatError
-from chitchat.generate import Engine, ReplyStep, SamplingConfig
-from chitchat.serve import ServeConfig, config_from_args, create_app
-from chitchat.serve_sessions import SessionStore
-from chitchat.serve_worker import ModelWorker, WorkerUnavailable
-from chitchat.session import ChatSettings
+from chitchat.engine.engine import Engine, ReplyStep
+from chitchat.model.sampling import SamplingConfig
+from chitchat.serve.app import ServeConfig, config_from_args, create_app
+from chitchat.serve.sessions import SessionStore
+from chitchat.serve.worker import ModelWorker, WorkerUnavailable
+from chitchat.engine.settings import ChatSettings
 from preprocessing_support import PYTHON, ROOT, cli_env
 from server_support import running_server
 
@@ -396,7 +397,7 @@ def test_body_size_limit(client):
 
 
 def test_bad_content_length_is_a_400():
-    from chitchat.serve_http import BodyLimit
+    from chitchat.serve.http import BodyLimit
 
     sent = []
 

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from chitchat.dataset import load_dataset, read_manifest
-from chitchat.preprocess import PreprocessConfig, preprocess
+from chitchat.tokens.dataset import load_dataset, read_manifest
+from chitchat.tokens.preprocess import PreprocessConfig, preprocess
 from preprocessing_support import shared_corpora
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from chitchat.cli import main
 from chitchat.errors import ChitchatError
-from chitchat.normalize import normalize
-from chitchat.tokenizer import (MAX_VOCAB, SPACE, SPECIAL_TOKENS, build_tokenizer, check_tokenizer, load_tokenizer,
+from chitchat.corpus.normalize import normalize
+from chitchat.tokens.tokenizer import (MAX_VOCAB, SPACE, SPECIAL_TOKENS, build_tokenizer, check_tokenizer, load_tokenizer,
                                 read_vocab, tokenizer_tokens)
 from preprocessing_support import PYTHON, VOCAB, tokenizer  # noqa: F401 (fixture)
 

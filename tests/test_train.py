@@ -54,7 +54,7 @@ def synthetic_dialogues(n: int, seed: int = 0, pairs=PAIRS) -> list[list[str]]:
 
 def make_dataset(tmp: Path, name: str, dialogues, vocab: str | None = None, max_len: int = 64,
                  valid_fraction: float = 0.1) -> Path:
-    from chitchat.preprocess import PreprocessConfig, preprocess
+    from chitchat.tokens.preprocess import PreprocessConfig, preprocess
 
     src = tmp / f"{name}.json"
     src.write_text(json.dumps(dialogues, ensure_ascii=False), encoding="utf-8")
@@ -70,7 +70,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def config(data: Path, out: Path, **kw):
-    from chitchat.train import TrainConfig
+    from chitchat.training.trainer import TrainConfig
 
     base = dict(data=data, output=out, preset="tiny", batch_tokens=384, num_threads=1, progress=False, verbose=False)
     base.update(kw)
@@ -90,7 +90,7 @@ def state_dict(model_dir: Path) -> dict:
 # ---------------------------------------------------------------- batching, loss, schedule
 
 def test_plan_batches_covers_every_window_once_within_budget_and_little_padding():
-    from chitchat.batching import epoch_rng, padding_stats, plan_batches
+    from chitchat.training.batching import epoch_rng, padding_stats, plan_batches
 
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(3.8, 0.7, 5000).astype(np.int64), 4, 256)  # LCCC-like spread
@@ -109,7 +109,7 @@ def test_plan_batches_covers_every_window_once_within_budget_and_little_padding(
 
 
 def test_collate_right_pads_and_labels_only_real_next_tokens():
-    from chitchat.batching import IGNORE, collate
+    from chitchat.training.batching import IGNORE, collate
 
     b = collate([np.array([2, 10, 11, 3]), np.array([2, 12, 3])], pad_id=0)
     assert b.input_ids.tolist() == [[2, 10, 11, 3], [2, 12, 3, 0]]
@@ -120,7 +120,7 @@ def test_collate_right_pads_and_labels_only_real_next_tokens():
 
 
 def test_group_steps_pads_the_last_step_with_empty_slots():
-    from chitchat.batching import group_steps
+    from chitchat.training.batching import group_steps
 
     assert group_steps(5, 2) == [[0, 1], [2, 3], [4, None]]
     assert group_steps(4, 4) == [[0, 1, 2, 3]]
@@ -129,10 +129,10 @@ def test_group_steps_pads_the_last_step_with_empty_slots():
 def test_fused_loss_equals_transformers_loss_and_gradients(dataset):
     import torch
 
-    from chitchat.batching import collate
-    from chitchat.dataset import load_dataset
-    from chitchat.modeling import build_model
-    from chitchat.train_loss import CausalLMLoss
+    from chitchat.training.batching import collate
+    from chitchat.tokens.dataset import load_dataset
+    from chitchat.model.gpt2 import build_model
+    from chitchat.training.loss import CausalLMLoss
 
     ds = load_dataset(dataset, "train")
     tok = ds.tokenizer()
@@ -155,7 +155,7 @@ def test_fused_loss_equals_transformers_loss_and_gradients(dataset):
 
 
 def test_lr_schedule_warms_up_then_decays_and_follows_the_time_budget():
-    from chitchat.train import TrainConfig, lr_factor
+    from chitchat.training.trainer import TrainConfig, lr_factor
 
     cfg = TrainConfig(data=Path("d"), output=Path("o"), warmup_steps=10)
     assert lr_factor(cfg, 0, 100) == pytest.approx(0.1)
@@ -171,7 +171,7 @@ def test_lr_schedule_warms_up_then_decays_and_follows_the_time_budget():
 
 
 def test_recover_dir_keeps_the_newest_complete_copy(tmp_path):
-    from chitchat.train_checkpoint import commit_dir, new_partial_dir, recover_dir
+    from chitchat.training.checkpoint import commit_dir, new_partial_dir, recover_dir
 
     dest = tmp_path / "last"
     for step in (1, 2):
@@ -198,8 +198,8 @@ def test_training_reduces_valid_loss_and_writes_a_loadable_run(dataset, tmp_path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chitchat.modeling import resolve_model_dir
-    from chitchat.train import train
+    from chitchat.model.gpt2 import resolve_model_dir
+    from chitchat.training.trainer import train
 
     out = tmp_path / "run"
     best = train(config(dataset, out, epochs=6, lr=3e-3, patience=None))
@@ -231,8 +231,8 @@ def test_training_reduces_valid_loss_and_writes_a_loadable_run(dataset, tmp_path
 
 
 def test_mmi_trains_on_reversed_windows(dataset, tmp_path):
-    from chitchat.dataset import load_dataset
-    from chitchat.train import train
+    from chitchat.tokens.dataset import load_dataset
+    from chitchat.training.trainer import train
 
     fwd, rev = load_dataset(dataset, "train"), load_dataset(dataset, "train", mmi=True)
     assert not np.array_equal(fwd[0], rev[0]) and sorted(fwd[0]) == sorted(rev[0])
@@ -246,7 +246,7 @@ def test_resume_lands_on_the_same_step_and_weights_as_an_uninterrupted_run(datas
     import torch
 
     from chitchat.cli import main
-    from chitchat.train import train
+    from chitchat.training.trainer import train
 
     dropout = {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}  # the RNG state matters too
     kw = dict(max_steps=26, eval_every=4, model_config=dropout, seed=7, log_every=1)  # epochs of 20 steps
@@ -267,7 +267,7 @@ def test_resume_lands_on_the_same_step_and_weights_as_an_uninterrupted_run(datas
 
 def test_resume_before_the_first_checkpoint_starts_the_run(dataset, tmp_path, capsys):
     from chitchat.cli import main
-    from chitchat.train import RUN_CONFIG
+    from chitchat.training.trainer import RUN_CONFIG
 
     # what a run killed before its first checkpoint leaves: its settings and a few metrics lines
     run = tmp_path / "killed"
@@ -288,7 +288,7 @@ def test_resume_before_the_first_checkpoint_starts_the_run(dataset, tmp_path, ca
 
 
 def test_a_time_limited_run_shows_progress_against_its_time_budget(dataset, tmp_path, capsys):
-    from chitchat.train import train
+    from chitchat.training.trainer import train
 
     train(config(dataset, tmp_path / "run", time_limit=2.0, progress=True, epochs=1000))
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
@@ -301,8 +301,8 @@ def test_a_time_limited_run_shows_progress_against_its_time_budget(dataset, tmp_
 KILLER = r"""
 import os, sys, time
 from pathlib import Path
-import chitchat.train as T
-import chitchat.train_checkpoint as C
+import chitchat.training.trainer as T
+import chitchat.training.checkpoint as C
 phase, marker = sys.argv[1], Path(sys.argv[2])
 def pause():
     marker.write_text("paused")
@@ -333,8 +333,8 @@ sys.exit(main(sys.argv[3:]))
 def test_kill_during_a_save_leaves_a_loadable_checkpoint(dataset, tmp_path, phase):
     from transformers import AutoModelForCausalLM
 
-    from chitchat.train import train
-    from chitchat.train_checkpoint import read_training_state
+    from chitchat.training.trainer import train
+    from chitchat.training.checkpoint import read_training_state
 
     out, marker = tmp_path / "run", tmp_path / "paused"
     args = ["train", "--data", str(dataset), "--output", str(out), "--max-steps", "8", "--eval-every", "3",
@@ -351,7 +351,7 @@ def test_kill_during_a_save_leaves_a_loadable_checkpoint(dataset, tmp_path, phas
     finally:
         proc.kill()
         proc.wait()
-    from chitchat.train_checkpoint import recover_dir
+    from chitchat.training.checkpoint import recover_dir
 
     recover_dir(out / "last")
     expected = 6 if phase == "between-renames" else 3  # the new copy was complete / the previous one
@@ -395,7 +395,7 @@ def _free_port() -> int:
 
 
 def test_two_process_ddp_matches_one_process_over_the_same_global_batches(dataset, tmp_path):
-    from chitchat.train import train
+    from chitchat.training.trainer import train
 
     common = ["--data", str(dataset), "--max-steps", "4", "--batch-tokens", "384", "--log-every", "1",
               "--seed", "3", "--threads", "1", "--no-progress", "--quiet", "--device", "cpu"]
@@ -417,10 +417,10 @@ def test_extend_vocab_round_trip(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chitchat.modeling import build_model
-    from chitchat.tokenizer import SPACE, SPECIAL_TOKENS, build_tokenizer, write_vocab
-    from chitchat.train import train
-    from chitchat.train_vocab import extend_embeddings
+    from chitchat.model.gpt2 import build_model
+    from chitchat.tokens.tokenizer import SPACE, SPECIAL_TOKENS, build_tokenizer, write_vocab
+    from chitchat.training.trainer import train
+    from chitchat.training.vocab import extend_embeddings
 
     old_pairs, new_pairs = PAIRS[:6], [("猫咪喵喵叫", "狗狗汪汪叫"), ("熊猫吃竹子", "鲸鱼游大海")]
     chars = lambda pairs: sorted({c for p in pairs for u in p for c in u})  # noqa: E731
@@ -467,7 +467,7 @@ def test_extend_vocab_round_trip(tmp_path):
 
 def test_bad_input_gives_one_line_and_overwrites_nothing(dataset, tmp_path, capsys):
     from chitchat.cli import main
-    from chitchat.train import train
+    from chitchat.training.trainer import train
 
     def fails(argv, *needles):
         assert main(["train", "--data", str(dataset), "--no-progress", "--quiet", "--threads", "1", *argv]) == 2
@@ -500,7 +500,7 @@ def test_bad_input_gives_one_line_and_overwrites_nothing(dataset, tmp_path, caps
     fails(["--output", str(run), "--resume", "--max-steps", "4"], "cannot load the checkpoint")
     assert {p.name: p.read_bytes() for p in (run / "last").iterdir()} == before
     # a dataset from another vocabulary than the run's
-    from chitchat.tokenizer import SPACE, SPECIAL_TOKENS, write_vocab
+    from chitchat.tokens.tokenizer import SPACE, SPECIAL_TOKENS, write_vocab
 
     run2 = tmp_path / "run2"
     train(config(dataset, run2, max_steps=2))
@@ -532,9 +532,9 @@ def _unigram_perplexity(train_ds, valid_ds, vocab_size: int) -> float:
 def test_sixty_seconds_on_lccc_toy_beats_the_unigram_perplexity(tmp_path):
     if not (SHARED / "lccc_toy" / "train.json").is_file():
         pytest.skip(f"{SHARED} is absent (the shared corpora live beside the project)")
-    from chitchat.dataset import load_dataset
-    from chitchat.preprocess import PreprocessConfig, preprocess
-    from chitchat.train import train
+    from chitchat.tokens.dataset import load_dataset
+    from chitchat.tokens.preprocess import PreprocessConfig, preprocess
+    from chitchat.training.trainer import train
 
     for split in ("train", "valid"):
         preprocess(PreprocessConfig(inputs=[str(SHARED / "lccc_toy" / f"{split}.json")], output=tmp_path / split,

@@ -18,12 +18,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from chitchat.dataset import FORMAT_VERSION, DatasetWriter, commit_dataset_dir, new_dataset_dir, token_dtype, write_split
+from chitchat.tokens.dataset import FORMAT_VERSION, DatasetWriter, commit_dataset_dir, new_dataset_dir, token_dtype, write_split
 from chitchat.errors import ChitchatError
-from chitchat.normalize import normalize
-from chitchat.readers import FORMATS, Dialogue, ReadStats, RowColumns, read_corpus
-from chitchat.sequences import build_windows
-from chitchat.tokenizer import (CLS, DEFAULT_VOCAB, SEP, UNK, ensure_normalizer, load_tokenizer, plain_encoder,
+from chitchat.corpus.normalize import normalize
+from chitchat.corpus.readers import FORMATS, Dialogue, ReadStats, RowColumns, read_corpus
+from chitchat.tokens.sequences import build_windows
+from chitchat.tokens.tokenizer import (CLS, DEFAULT_VOCAB, SEP, UNK, ensure_normalizer, load_tokenizer, plain_encoder,
                                 tokenizer_tokens, vocab_hash)
 
 BATCH_DIALOGUES = 512
@@ -155,7 +155,7 @@ def choose_valid(n: int, fraction: float | None, count: int | None, seed: int) -
 
 def encode_utterances(encoder, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
     """Token ids of each normalised utterance (no special tokens added), in one batch, by a
-    `chitchat.tokenizer.plain_encoder` (or a fast tokenizer, whose own normaliser gives the same ids)."""
+    `chitchat.tokens.tokenizer.plain_encoder` (or a fast tokenizer, whose own normaliser gives the same ids)."""
     backend = getattr(encoder, "backend_tokenizer", encoder)
     encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     return [np.array(e.ids, dtype=dtype) for e in encodings]
@@ -166,7 +166,7 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         raise ChitchatError(f"--max-len {cfg.max_len} is too small (at least 4)")
     if cfg.valid_fraction is not None and not 0 <= cfg.valid_fraction < 1:
         raise ChitchatError(f"--valid-fraction {cfg.valid_fraction} must be in [0, 1)")
-    from chitchat.readers import expand_inputs, expand_pairs
+    from chitchat.corpus.readers import expand_inputs, expand_pairs
 
     paths = expand_inputs(cfg.inputs)  # fail early on missing inputs, before any output exists
     pairs = expand_pairs(cfg.pairs)

@@ -122,7 +122,7 @@ class TokenDataset:
         return self.manifest["vocab_hash"]
 
     def tokenizer(self):
-        from chitchat.tokenizer import load_tokenizer
+        from chitchat.tokens.tokenizer import load_tokenizer
 
         return load_tokenizer(self.dir / "tokenizer")
 

@@ -33,10 +33,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from chitchat.errors import ChitchatError
-from chitchat.evaluate import sha256_file
+from chitchat.files import REPO_ROOT, sha256_file
+from chitchat.model.default import MANIFEST
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = "TRAINED_ON.json"
 MACHINE = "machine.json"  # in each training run: the machine it trained on
 
 
@@ -98,7 +97,7 @@ class RecipeConfig:
 def source_files(cfg: RecipeConfig, src: Source) -> list[Path]:
     """The files of one source; a missing one is a one-line error naming it and its origin."""
     if src.path.startswith("chatterbot:"):
-        from chitchat.readers import chatterbot_files
+        from chitchat.corpus.readers import chatterbot_files
 
         return chatterbot_files(src.path)
     path = cfg.corpora / src.path
@@ -159,7 +158,7 @@ def export_model(run_best: Path, dest: Path, *, fp16: bool = True) -> None:
     """A trained model into a clean Hugging Face directory, weights stored in fp16 (loaded as fp32)."""
     import torch
 
-    from chitchat.modeling import load_model, save_model
+    from chitchat.model.gpt2 import load_model, save_model
 
     model, tok = load_model(run_best)
     if fp16:
@@ -340,7 +339,7 @@ GUARD_CASES = 300  # tests/test_default_model.py: the shipped model keeps this f
 def guard_figure(cfg: RecipeConfig) -> dict:
     """Teacher-forced per-character perplexity of the shipped dialogue model on the first GUARD_CASES
     cases of the validation file: a check that runs in seconds."""
-    from chitchat.evaluate import char_perplexity
+    from chitchat.eval.evaluate import char_perplexity
 
     data = _inputs(cfg, [cfg.valid_source])
     ppl, cases = char_perplexity(cfg.output / "dialogue", data, limit=GUARD_CASES)

@@ -3,7 +3,7 @@
 Weights are quantized once, symmetrically per output channel; activations are quantized per call
 (dynamic quantization), accumulation is int32 and the result fp32. `transformers`' GPT-2 keeps its
 projections in `Conv1D` (weight laid out in x out), which `quantize_dynamic` does not touch, so the
-fast engine (chitchat.generate.FastGPT2) builds its layers from `Int8Linear` directly, the tied
+fast engine (chitchat.engine.engine.FastGPT2) builds its layers from `Int8Linear` directly, the tied
 output layer included.
 
 The kernel: `torch.fbgemm_linear_int8_weight_fp32_activation` (the fbgemm entry point that

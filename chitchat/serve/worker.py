@@ -25,7 +25,9 @@ import threading
 import time
 from dataclasses import astuple, dataclass
 
-from chitchat.generate import Engine, Reply, SamplingConfig, WrittenText
+from chitchat.engine.engine import Engine, Reply, WrittenText
+
+from chitchat.model.sampling import SamplingConfig
 
 
 class WorkerUnavailable(Exception):

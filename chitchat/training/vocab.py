@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chitchat.tokenizer import UNK, build_tokenizer, tokenizer_tokens, vocab_hash
+from chitchat.tokens.tokenizer import UNK, build_tokenizer, tokenizer_tokens, vocab_hash
 
 
 @dataclass

@@ -9,7 +9,7 @@ Choices (documented in the README):
   "S E E D" -> "SEED", while "hello world" keeps its space.
 
 The same rules, as `tokenizers` normalisers, are saved in every tokenizer.json
-(`chitchat.tokenizer.project_normalizer`), built from the character sets below, so a tokenizer
+(`chitchat.tokens.tokenizer.project_normalizer`), built from the character sets below, so a tokenizer
 loaded without this package encodes raw text as the project does. "Whitespace" is what Python's
 `str.isspace` says (U+001C..U+001F included), "control" is the Unicode categories above as this
 Python's `unicodedata` knows them (Unicode 14 on Python 3.11): characters unassigned there are

@@ -4,7 +4,7 @@ Every reply position of every dialogue (or, with `--last-turn-only`, the last on
 the preceding utterances (at most `max_history_len`, then bounded by tokens exactly as the chat
 bounds them) are the context, the actual utterance the reference. Per model it measures the
 teacher-forced perplexity of the references and, on generated replies, the metrics of
-`chitchat.metrics`. Generation is batched across cases (left padding, one cache) by the same
+`chitchat.eval.metrics`. Generation is batched across cases (left padding, one cache) by the same
 engine the chat uses. With an MMI model and `--compare-mmi`, the same sampled candidates are
 ranked both ways, so the two columns differ only by the ranking.
 """
@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chitchat.errors import ChitchatError
-from chitchat.generate import Engine, SamplingConfig
-from chitchat.metrics import char_f1, chars, perplexity, repeats_3gram, reply_metrics
-from chitchat.normalize import normalize
-from chitchat.readers import ReadStats, expand_inputs, read_corpus
-from chitchat.session import ChatSettings
+from chitchat.files import sha256_file
+from chitchat.engine.engine import Engine
+from chitchat.model.sampling import SamplingConfig
+from chitchat.eval.metrics import char_f1, chars, perplexity, repeats_3gram, reply_metrics
+from chitchat.corpus.normalize import normalize
+from chitchat.corpus.readers import ReadStats, expand_inputs, read_corpus
+from chitchat.engine.settings import ChatSettings
 
 DEFAULT_MAX_HISTORY = ChatSettings.max_history_len  # the context the chat's bot sees
 
@@ -71,14 +73,6 @@ def build_cases(cfg: EvalConfig, stats: ReadStats) -> list[Case]:
             if cfg.limit is not None and len(cases) >= cfg.limit:
                 return cases
     return cases
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_hash(model_dir: str) -> str:
@@ -301,7 +295,7 @@ def write_outputs(out: Path, report: dict, cases: list[Case], per_case: list[dic
 
 
 def add_arguments(p) -> None:
-    from chitchat.chat_options import add_sampling_arguments
+    from chitchat.engine.options import add_sampling_arguments
 
     p.add_argument("--model", action="append", metavar="DIR",
                    help="dialogue model or training run directory (repeat to compare models side by side); "
@@ -324,7 +318,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from chitchat.chat_options import sampling_from_args
+    from chitchat.engine.options import sampling_from_args
 
     if args.limit is not None and args.limit < 1:
         raise ChitchatError("--limit must be at least 1")
@@ -332,7 +326,7 @@ def run(args) -> int:
         raise ChitchatError("--batch-size must be at least 1")
     models, mmi_model = args.model, args.mmi_model
     if not models:
-        from chitchat.default_model import ensure_default_model
+        from chitchat.model.default import ensure_default_model
 
         dialogue, default_mmi = ensure_default_model(say=lambda text: print(text, file=sys.stderr))
         models, mmi_model = [dialogue], mmi_model or default_mmi

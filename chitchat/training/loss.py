@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from chitchat.batching import IGNORE
+from chitchat.training.batching import IGNORE
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in fp32)
 
@@ -95,7 +95,7 @@ class CausalLMLoss(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        # Right padding without an attention mask is exact here (see chitchat.batching); silence
+        # Right padding without an attention mask is exact here (see chitchat.training.batching); silence
         # the generic "you may be padding without a mask" warning of this instance only.
         model.transformer.warn_if_padding_and_no_attention_mask = _no_padding_warning
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
 from chitchat.errors import ChitchatError
-from chitchat.session import ChatSettings, Session, default_transcript_path, user_data_dir
+from chitchat.chat.session import Session, default_transcript_path
+from chitchat.engine.settings import ChatSettings
+from chitchat.files import user_data_dir
 
 HELP = """commands:
   /help               this help
@@ -216,7 +218,7 @@ def run_terminal(repl: Repl, *, input=None, output=None, history_file: Path | No
 
 
 def add_arguments(p) -> None:
-    from chitchat.chat_options import add_sampling_arguments
+    from chitchat.engine.options import add_sampling_arguments
 
     p.add_argument("--model", metavar="DIR",
                    help="dialogue model or training run directory; none: the shipped default model (models/default)")
@@ -235,21 +237,8 @@ def add_arguments(p) -> None:
     add_sampling_arguments(p)
 
 
-def load_engine(args, say: Callable[[str], None]):
-    from chitchat.generate import Engine
-
-    model, mmi = args.model, None if args.no_mmi else args.mmi_model
-    if model is None:
-        from chitchat.default_model import ensure_default_model
-
-        model, default_mmi = ensure_default_model(say=say)
-        if not args.no_mmi and mmi is None:
-            mmi = default_mmi
-    return Engine.load(model, mmi, int8=args.int8, device=args.device, threads=args.threads)
-
-
 def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    from chitchat.chat_options import sampling_from_args
+    from chitchat.engine.options import load_engine, sampling_from_args
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

@@ -7,7 +7,7 @@ delimited files apart:
   column, optionally a speaker column;
 - line-aligned pairs (Weibo STC, NLPCC): line i of `X.post` and line i of `X.response`.
 
-Each reader follows the promise of `chitchat.readers`: a record of the wrong shape is a counted
+Each reader follows the promise of `chitchat.corpus.readers`: a record of the wrong shape is a counted
 skip, a file that cannot be read at all is a one-line error in `stats.errors`.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Iterator
 
-from chitchat.sources import BOM, Dialogue, Pair, ReadStats, Source, count_lines, decoded_lines
+from chitchat.corpus.sources import BOM, Dialogue, Pair, ReadStats, Source, count_lines, decoded_lines
 
 # Header names (matched case-insensitively) of the one-utterance-per-row layout.
 ID_COLUMNS = ("dialogue_id", "dialog_id", "conv_id", "conversation_id", "session_id")

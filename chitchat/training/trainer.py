@@ -1,11 +1,11 @@
 """Fit a GPT-2 dialogue model on a preprocessed dataset (with --mmi: the reverse MMI model).
 
-Python API: `from chitchat.train import TrainConfig, train`; `train(cfg)` returns the directory of
+Python API: `from chitchat.training.trainer import TrainConfig, train`; `train(cfg)` returns the directory of
 the best model. A run directory (`--output`) holds:
 
     best/              the model with the lowest valid loss: a Hugging Face model directory (plus
                        training_info.json: step, valid loss, mmi); what `resolve_model_dir(output)` finds
-    last/              the latest checkpoint: model directory + training state (chitchat.train_checkpoint)
+    last/              the latest checkpoint: model directory + training state (chitchat.training.checkpoint)
     train_config.json  the settings of the run (`--resume` reuses them)
     metrics.jsonl      train loss / learning rate / tokens per second every `log_every` steps,
                        valid loss and perplexity at each evaluation
@@ -19,9 +19,9 @@ eval_every, patience, device and threads may change (a longer run recomputes its
 
 Loss: the mean next-token cross-entropy over every non-padding target position of the global
 batch (all micro-batches of all ranks), so that gradient accumulation and any number of
-DistributedDataParallel ranks compute the same update. Batching: chitchat.batching; the loss
-without full logits: chitchat.train_loss. Distributed: `torchrun --nproc_per_node N -m chitchat
-train ...` (chitchat.train_dist); rank 0 alone writes. bf16 autocast on CUDA, fp32 on CPU.
+DistributedDataParallel ranks compute the same update. Batching: chitchat.training.batching; the loss
+without full logits: chitchat.training.loss. Distributed: `torchrun --nproc_per_node N -m chitchat
+train ...` (chitchat.training.dist); rank 0 alone writes. bf16 autocast on CUDA, fp32 on CPU.
 Ctrl-C (or SIGTERM) stops at the next step boundary, saves last/, writes loss.png and the summary.
 """
 
@@ -41,19 +41,20 @@ from pathlib import Path
 
 import numpy as np
 
-from chitchat.batching import collate, epoch_rng, group_steps, plan_batches
-from chitchat.dataset import load_dataset
+from chitchat.training.batching import collate, epoch_rng, group_steps, plan_batches
+from chitchat.tokens.dataset import load_dataset
 from chitchat.errors import ChitchatError
-from chitchat.modeling import PRESETS, build_model, load_model, read_config_override, save_model
-from chitchat.train_checkpoint import (
+from chitchat.files import atomic_write
+from chitchat.model.gpt2 import PRESETS, build_model, load_model, read_config_override, save_model
+from chitchat.training.checkpoint import (
     capture_rng, commit_dir, load_optimizer_state, load_rng_state, new_partial_dir, read_training_state,
     recover_dir, restore_rng, save_rng_state, save_training_state,
 )
-from chitchat.train_dist import DistContext, init_distributed
-from chitchat.train_report import (
+from chitchat.training.dist import DistContext, init_distributed
+from chitchat.training.report import (
     METRICS, append_metrics, plot_losses, summary_text, truncate_metrics, write_summary,
 )
-from chitchat.train_vocab import align_vocab, extend_embeddings, token_counts
+from chitchat.training.vocab import align_vocab, extend_embeddings, token_counts
 
 RUN_CONFIG = "train_config.json"
 TRAINING_INFO = "training_info.json"
@@ -64,7 +65,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 class TrainConfig:
     data: Path                          # dataset directory written by `chitchat preprocess`
     output: Path                        # run directory
-    preset: str = "tiny"                # tiny | small | base (chitchat.modeling.PRESETS)
+    preset: str = "tiny"                # tiny | small | base (chitchat.model.gpt2.PRESETS)
     model_config: dict = field(default_factory=dict)  # GPT2Config fields overriding the preset
     mmi: bool = False                   # train on the reversed windows (the MMI model)
     epochs: int = 10
@@ -265,7 +266,7 @@ def _fingerprint(ds) -> dict:
 
 
 def _check_dataset_tokenizer(ds) -> object:
-    from chitchat.tokenizer import tokenizer_tokens, vocab_hash
+    from chitchat.tokens.tokenizer import tokenizer_tokens, vocab_hash
 
     tok = ds.tokenizer()
     if vocab_hash(tokenizer_tokens(tok)) != ds.vocab_hash:
@@ -469,7 +470,7 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed * 1000 + dist.rank)
 
-        from chitchat.train_loss import CausalLMLoss
+        from chitchat.training.loss import CausalLMLoss
 
         self.loss_module = CausalLMLoss(self.model)
         if dist.enabled:
@@ -495,9 +496,7 @@ class Trainer:
                "batch_tokens": self.batch_tokens, "micro_batches_per_step": self.per_step,
                "total_steps": self.total_steps,
                "world_size": self.dist.world_size, "device": str(self.device)}
-        tmp = self.out / f".{RUN_CONFIG}.tmp"
-        tmp.write_text(json.dumps(run, ensure_ascii=False, indent=2), encoding="utf-8")
-        os.replace(tmp, self.out / RUN_CONFIG)
+        atomic_write(self.out / RUN_CONFIG, json.dumps(run, ensure_ascii=False, indent=2))
 
     def evaluate(self) -> float | None:
         import torch

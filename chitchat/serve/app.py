@@ -4,7 +4,7 @@ Endpoints: `POST /generate`, `POST /v1/chat/completions` (OpenAI chat format), s
 (`POST /sessions`, `POST /sessions/{id}/messages`, `GET`/`DELETE /sessions/{id}`), `GET /healthz`,
 `GET /info`, `GET /v1/models`; the OpenAPI document at `/openapi.json`; the chat page at `/`
 (`chitchat/web/index.html`, a static page over the sessions API). Inference runs in one model
-worker thread that batches the requests waiting at the same moment (`chitchat.serve_worker`).
+worker thread that batches the requests waiting at the same moment (`chitchat.serve.worker`).
 Streaming answers send the reply's text as it is written when one candidate is sampled, and the
 chosen reply once ranked otherwise. Loopback by default; `CHITCHAT_API_KEY` turns on a bearer
 token; every limit is a 4xx JSON error.
@@ -21,9 +21,10 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from chitchat.errors import ChitchatError
-from chitchat.generate import Engine, Reply, SamplingConfig
-from chitchat.normalize import normalize
-from chitchat.session import ChatSettings
+from chitchat.engine.engine import Engine, Reply
+from chitchat.model.sampling import SamplingConfig
+from chitchat.corpus.normalize import normalize
+from chitchat.engine.settings import ChatSettings
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # no token needed
 MODEL_ID = "chitchat"
@@ -70,10 +71,10 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
     from starlette.routing import Match
 
     from chitchat import __version__
-    from chitchat import serve_schemas as S
-    from chitchat.serve_http import ApiError, BearerAuth, BodyLimit, error_response, error_type
-    from chitchat.serve_sessions import SessionStore
-    from chitchat.serve_worker import ModelWorker, WorkerUnavailable
+    from chitchat.serve import schemas as S
+    from chitchat.serve.http import ApiError, BearerAuth, BodyLimit, error_response, error_type
+    from chitchat.serve.sessions import SessionStore
+    from chitchat.serve.worker import ModelWorker, WorkerUnavailable
 
     cfg = (cfg or ServeConfig()).validate(engine)
     settings = cfg.settings
@@ -300,7 +301,7 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None):
 
 
 def _validation_response(errors: list[dict]):
-    from chitchat.serve_http import error_response
+    from chitchat.serve.http import error_response
 
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
@@ -336,7 +337,7 @@ def _turn_settings(base: ChatSettings, override) -> ChatSettings:
     try:
         return turn.validate()
     except ChitchatError as e:
-        from chitchat.serve_http import ApiError
+        from chitchat.serve.http import ApiError
 
         raise ApiError(422, str(e), "settings") from None
 
@@ -349,7 +350,7 @@ def _session_turn(session_id: str, s, reply: Reply, kept: bool) -> dict:
 def _page() -> str:
     from importlib.resources import files
 
-    return files("chitchat").joinpath("web", "index.html").read_text(encoding="utf-8")
+    return files("chitchat.serve").joinpath("web", "index.html").read_text(encoding="utf-8")
 
 
 def _chat_sampling(base: SamplingConfig, req) -> SamplingConfig:
@@ -381,7 +382,7 @@ async def _live_sse(job, prompt_tokens: int, include_usage: bool):
     """One reply as OpenAI's chat.completion.chunk events, its text sent as each decoding step writes
     it; an error after the start is an {"error": ...} event. The client going away cancels this
     generator, which marks the job cancelled: the worker drops it from the batch at the next step."""
-    from chitchat.serve_http import error_type
+    from chitchat.serve.http import error_type
 
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": MODEL_ID}
@@ -435,7 +436,7 @@ def _sse(body: dict, include_usage: bool):
 
 
 def _preset(model) -> str:
-    from chitchat.modeling import PRESETS
+    from chitchat.model.gpt2 import PRESETS
 
     for name, p in PRESETS.items():
         if (p["n_layer"], p["n_embd"], p["n_head"], p["n_positions"]) == (model.n_layer, model.d, model.n_head,
@@ -463,7 +464,7 @@ def _declare_bearer(app) -> None:
 # -- command line ---------------------------------------------------------------------------------
 
 def add_arguments(p) -> None:
-    from chitchat.chat_options import add_sampling_arguments
+    from chitchat.engine.options import add_sampling_arguments
 
     d = ServeConfig()
     p.add_argument("--model", metavar="DIR",
@@ -503,7 +504,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> ServeConfig:
-    from chitchat.chat_options import sampling_from_args
+    from chitchat.engine.options import sampling_from_args
 
     settings = ChatSettings(sampling_from_args(args), mmi=not args.no_mmi, max_history_len=args.max_history_len)
     return ServeConfig(
@@ -518,7 +519,7 @@ def config_from_args(args) -> ServeConfig:
 def run(args) -> int:
     import uvicorn
 
-    from chitchat.chat import load_engine
+    from chitchat.engine.options import load_engine
 
     if not 0 <= args.port <= 65535:
         raise ChitchatError(f"--port {args.port} is not a port")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from chitchat.generate import SamplingConfig
+from typing import Callable
+
+from chitchat.engine.engine import Engine
+from chitchat.model.default import ensure_default_model
+from chitchat.model.sampling import SamplingConfig
 
 _DEFAULTS = SamplingConfig()
 
@@ -43,3 +47,12 @@ def sampling_from_args(args) -> SamplingConfig:
         repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
         min_len=args.min_len, max_len=args.max_len, candidates=args.candidates,
     ).validate()
+
+
+def load_engine(args, say: Callable[[str], None]):
+    model, mmi = args.model, None if args.no_mmi else args.mmi_model
+    if model is None:
+        model, default_mmi = ensure_default_model(say=say)
+        if not args.no_mmi and mmi is None:
+            mmi = default_mmi
+    return Engine.load(model, mmi, int8=args.int8, device=args.device, threads=args.threads)

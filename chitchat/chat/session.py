@@ -19,8 +19,11 @@ from typing import Callable
 import torch
 
 from chitchat.errors import ChitchatError
-from chitchat.generate import Candidate, Engine, SamplingConfig, WrittenText
-from chitchat.normalize import normalize
+from chitchat.engine.engine import Candidate, Engine, WrittenText
+from chitchat.engine.settings import ChatSettings
+from chitchat.files import user_data_dir
+from chitchat.model.sampling import SamplingConfig
+from chitchat.corpus.normalize import normalize
 
 # /set NAME: accepted spellings -> setting
 _ALIASES = {
@@ -35,45 +38,12 @@ _ALIASES = {
 _ON = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
 
 
-def user_data_dir() -> Path:
-    """Where the input history and transcripts go: $CHITCHAT_HOME, else the platform's user data dir."""
-    if os.environ.get("CHITCHAT_HOME"):
-        return Path(os.environ["CHITCHAT_HOME"])
-    if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming")) / "chitchat"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "chitchat"
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "chitchat"
-
-
 def default_transcript_path() -> Path:
     return user_data_dir() / "transcripts" / time.strftime("chat-%Y%m%d-%H%M%S.jsonl")
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-@dataclass
-class ChatSettings:
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    mmi: bool = True  # rank by MMI when there is an MMI model
-    max_history_len: int = 3  # utterances the model sees, the user's new one included
-    seed: int | None = None
-
-    def validate(self) -> "ChatSettings":
-        self.sampling.validate()
-        if self.max_history_len < 1:
-            raise ChitchatError(f"max_history_len {self.max_history_len} must be >= 1")
-        return self
-
-    def to_dict(self) -> dict:
-        return {**asdict(self.sampling), "mmi": self.mmi, "max_history_len": self.max_history_len, "seed": self.seed}
-
-    def visible(self, history: list) -> list:
-        """The utterances of `history` (the new one last) the model is given: the last `max_history_len`
-        (the engine then keeps the most recent that fit its positions). The chat and the server share it."""
-        return history[-self.max_history_len:]
 
 
 @dataclass

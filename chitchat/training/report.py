@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
+
+from chitchat.files import atomic_path, atomic_write
 
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
@@ -42,9 +43,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    tmp = path.with_name(f".{METRICS}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
 
 
 def plot_losses(run_dir: Path, title: str = "") -> Path | None:
@@ -72,17 +71,14 @@ def plot_losses(run_dir: Path, title: str = "") -> Path | None:
     ax.legend()
     fig.tight_layout()
     out = Path(run_dir) / PLOT
-    tmp = out.with_name(f".{PLOT}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp)
     return out
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     path = Path(run_dir) / SUMMARY
-    tmp = path.with_name(f".{SUMMARY}.tmp")
-    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(summary, ensure_ascii=False, indent=2))
 
 
 def _fmt_loss(loss) -> str:

@@ -4,9 +4,9 @@ One function per format, each `(path, stats) -> Iterator[Dialogue]`. Readers nev
 content: a record of the wrong shape or a line that is not UTF-8 is a counted skip (with a warning
 naming file and line), and a file that cannot be read at all is a one-line error in `stats.errors`.
 Utterances come out as the file has them; normalisation happens later, in one place.
-Every reader takes a `Source` (a plain, compressed or zipped file, see `chitchat.sources`); the
+Every reader takes a `Source` (a plain, compressed or zipped file, see `chitchat.corpus.sources`); the
 row layouts (response selection, one utterance per row, line-aligned pairs) are in
-`chitchat.layouts`.
+`chitchat.corpus.layouts`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from chitchat.errors import ChitchatError
-from chitchat.layouts import RowColumns, read_pair, read_rows, read_selection, sniff
-from chitchat.sources import (BOM, COMPRESSED, STREAM_ERRORS, Dialogue, Pair, ReadStats, Source, decoded_lines,
+from chitchat.corpus.layouts import RowColumns, read_pair, read_rows, read_selection, sniff
+from chitchat.corpus.sources import (BOM, COMPRESSED, STREAM_ERRORS, Dialogue, Pair, ReadStats, Source, decoded_lines,
                               inner_name, is_pair_second, partner_name)
 
 __all__ = ["Dialogue", "ReadStats", "RowColumns", "Source", "FORMATS", "detect_format", "expand_inputs", "read_corpus"]
@@ -319,7 +319,7 @@ def _detect(sample: bytes, ext: str | None, columns: RowColumns | None) -> str:
 
 def detect_format(path: Path | Source, columns: RowColumns | None = None) -> str:
     """The format of a file from its (inner) extension and, where that is ambiguous, its first
-    64 KiB (see `chitchat.layouts.sniff` for delimited files)."""
+    64 KiB (see `chitchat.corpus.layouts.sniff` for delimited files)."""
     src = path if isinstance(path, Source) else Source(Path(path))
     ext = _EXTENSIONS.get(src.suffix)
     if ext in ("jsonl", "yaml"):

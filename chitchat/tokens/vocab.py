@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from chitchat.normalize import normalize
-from chitchat.readers import ReadStats, read_corpus
-from chitchat.tokenizer import DEFAULT_SIZE, DEFAULT_VOCAB, MAX_VOCAB, build_vocab, write_vocab
+from chitchat.corpus.normalize import normalize
+from chitchat.corpus.readers import ReadStats, read_corpus
+from chitchat.tokens.tokenizer import DEFAULT_SIZE, DEFAULT_VOCAB, MAX_VOCAB, build_vocab, write_vocab
 
 
 def corpus_char_counts(inputs: list[str], fmt: str | None = None) -> tuple[Counter, ReadStats]:

@@ -1,0 +1,1 @@
+"""Scoring models on a dialogue dataset: perplexity, overlap and diversity metrics, the report."""

@@ -1,0 +1,46 @@
+"""How replies are sampled, as plain data: the settings every surface shares and `save_model` writes
+into `generation_config.json`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from chitchat.errors import ChitchatError
+
+
+@dataclass
+class SamplingConfig:
+    """How candidates are sampled. 0 disables top_k, top_p and no_repeat_ngram_size."""
+
+    # defaults chosen by a `chitchat eval` sweep on CPED valid (models/default/SAMPLING_SWEEP.md)
+    temperature: float = 0.7
+    top_k: int = 8
+    top_p: float = 0.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 3
+    min_len: int = 1
+    max_len: int = 25
+    candidates: int = 5
+
+    def validate(self) -> "SamplingConfig":
+        problems = []
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            problems.append(f"temperature {self.temperature} must be > 0")
+        if self.top_k < 0:
+            problems.append(f"top_k {self.top_k} must be >= 0")
+        if not 0 <= self.top_p <= 1:
+            problems.append(f"top_p {self.top_p} must be in [0, 1]")
+        if not (self.repetition_penalty >= 1 and math.isfinite(self.repetition_penalty)):
+            problems.append(f"repetition_penalty {self.repetition_penalty} must be >= 1")
+        if self.no_repeat_ngram_size < 0:
+            problems.append(f"no_repeat_ngram_size {self.no_repeat_ngram_size} must be >= 0")
+        if self.max_len < 1:
+            problems.append(f"max_len {self.max_len} must be >= 1")
+        if not 0 <= self.min_len <= self.max_len:
+            problems.append(f"min_len {self.min_len} must be in [0, max_len={self.max_len}]")
+        if self.candidates < 1:
+            problems.append(f"candidates {self.candidates} must be >= 1")
+        if problems:
+            raise ChitchatError("; ".join(problems))
+        return self
