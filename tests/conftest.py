@@ -1,4 +1,4 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by the test folders (each folder mirrors a subpackage of chitchat/)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,9 @@ def model_dirs(tmp_path_factory):
     save_model(build_model(tokenizer, "tiny", seed=1), tokenizer, root / "dialogue")
     save_model(build_model(tokenizer, "tiny", seed=2), tokenizer, root / "mmi")
     return root / "dialogue", root / "mmi"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The project's tokenizer over vocab/vocab.txt."""
+    return load_tokenizer(DEFAULT_VOCAB)

@@ -6,7 +6,7 @@ import numpy as np
 
 from chitchat.tokens.dataset import load_dataset, read_manifest
 from chitchat.tokens.preprocess import PreprocessConfig, preprocess
-from preprocessing_support import shared_corpora
+from support import shared_corpora
 
 
 def count_independently(root):

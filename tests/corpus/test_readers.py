@@ -10,7 +10,7 @@ import yaml
 
 from chitchat.errors import ChitchatError
 from chitchat.corpus.readers import ReadStats, detect_format, expand_inputs, read_corpus
-from preprocessing_support import CORPUS
+from support import CORPUS
 
 
 def read(inputs, fmt=None):

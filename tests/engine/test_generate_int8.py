@@ -14,7 +14,7 @@ from chitchat.model.gpt2 import build_model
 from chitchat.corpus.normalize import normalize
 from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, SEP, load_tokenizer
 
-LCCC = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "lccc_toy"
+LCCC = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "lccc_toy"
 MAX_LEN = 48
 STEPS = 80
 BATCH = 8

@@ -12,7 +12,7 @@ from chitchat.errors import ChitchatError
 from chitchat.tokens.preprocess import PreprocessConfig, choose_valid, dialogue_windows, preprocess
 from chitchat.tokens.sequences import build_windows, window_tokens
 from chitchat.tokens.tokenizer import SEP
-from preprocessing_support import CORPUS, PYTHON, ROOT, cli_env, encode, run_chitchat, tokenizer, write_jsonl  # noqa: F401
+from support import CORPUS, PYTHON, ROOT, cli_env, encode, run_chitchat, write_jsonl
 
 
 def make_dialogues(n, seed=0, turns=(2, 6)):

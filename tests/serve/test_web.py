@@ -12,7 +12,7 @@ import shutil
 import httpx
 import pytest
 
-from server_support import running_server
+from support import running_server
 
 CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",

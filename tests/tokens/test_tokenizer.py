@@ -10,7 +10,7 @@ from chitchat.errors import ChitchatError
 from chitchat.corpus.normalize import normalize
 from chitchat.tokens.tokenizer import (MAX_VOCAB, SPACE, SPECIAL_TOKENS, build_tokenizer, check_tokenizer, load_tokenizer,
                                 read_vocab, tokenizer_tokens)
-from preprocessing_support import PYTHON, VOCAB, tokenizer  # noqa: F401 (fixture)
+from support import PYTHON, VOCAB
 
 TEXT = "你好hello world,世界"  # normalised: the tokenizer leaves it as it is
 

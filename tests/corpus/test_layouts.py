@@ -17,7 +17,7 @@ import pytest
 from chitchat.errors import ChitchatError
 from chitchat.tokens.preprocess import PreprocessConfig, preprocess
 from chitchat.corpus.readers import ReadStats, RowColumns, detect_format, expand_inputs, read_corpus
-from preprocessing_support import CORPUS, shared_corpora
+from support import CORPUS, shared_corpora
 
 
 def read(inputs, fmt=None, columns=None, pairs=()):
@@ -296,7 +296,7 @@ def test_mixed_folder_of_every_layout(formats, tmp_path):
 def test_cli_pair_and_column_options(tmp_path):
     """`chitchat preprocess --pair A B --text-column ...` through the real CLI."""
     from chitchat.tokens.dataset import read_manifest
-    from preprocessing_support import run_chitchat
+    from support import run_chitchat
 
     (tmp_path / "q.txt").write_text("你好\n在吗\n", encoding="utf-8")
     (tmp_path / "a.txt").write_text("你好呀\n在的\n", encoding="utf-8")

@@ -31,8 +31,7 @@ from chitchat.serve.app import ServeConfig, config_from_args, create_app
 from chitchat.serve.sessions import SessionStore
 from chitchat.serve.worker import ModelWorker, WorkerUnavailable
 from chitchat.engine.settings import ChatSettings
-from preprocessing_support import PYTHON, ROOT, cli_env
-from server_support import running_server
+from support import PYTHON, ROOT, cli_env, running_server
 
 HISTORY = ["你好", "你好啊,今天过得怎么样"]
 USER = [{"role": "user", "content": "还不错,刚下班"}]
@@ -650,7 +649,7 @@ def test_the_serve_command(model_dirs, tmp_path):
 
 
 def test_serve_command_errors_are_one_line(tmp_path):
-    from preprocessing_support import run_chitchat
+    from support import run_chitchat
 
     r = run_chitchat("serve", "--model", str(tmp_path / "missing"), "--port", str(free_port()))
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("chitchat serve: error:")

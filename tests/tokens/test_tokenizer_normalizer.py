@@ -18,7 +18,7 @@ from chitchat.tokens.preprocess import encode_utterances
 from chitchat.corpus.readers import ReadStats, read_corpus
 from chitchat.tokens.tokenizer import (SPACE, build_tokenizer, load_tokenizer, plain_encoder, read_vocab, tokenizer_tokens,
                                 upgrade_tokenizer)
-from preprocessing_support import PYTHON, VOCAB, shared_corpora
+from support import PYTHON, VOCAB, shared_corpora
 
 RAW = "你好，今天天气不错！你 好 ， 世 界"  # the example: 3 [UNK] among 19 ids before
 

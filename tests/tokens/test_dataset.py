@@ -10,7 +10,7 @@ from chitchat.errors import ChitchatError
 from chitchat.corpus.normalize import normalize
 from chitchat.tokens.preprocess import PreprocessConfig, preprocess
 from chitchat.tokens.tokenizer import CLS, SEP, UNK, read_vocab, vocab_hash
-from preprocessing_support import VOCAB, encode, tokenizer, write_jsonl  # noqa: F401 (fixture)
+from support import VOCAB, encode, write_jsonl
 
 DIALOGUES = [
     ["你 好 ， 世 界", "你好呀！今天过得怎么样？", "还 不 错 ， 刚 下 班 。"],

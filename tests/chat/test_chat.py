@@ -18,7 +18,7 @@ from chitchat.model.sampling import SamplingConfig
 from chitchat.chat.session import Session
 from chitchat.engine.settings import ChatSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

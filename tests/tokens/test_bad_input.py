@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from chitchat.tokens.dataset import load_dataset, read_manifest
-from preprocessing_support import run_chitchat
+from support import run_chitchat
 
 GOOD = "你好\n你好呀\n\n在吗\n在的,有事吗?\n"
 

@@ -14,7 +14,7 @@ import torch
 from chitchat.errors import ChitchatError
 from chitchat.recipe.recipe import MANIFEST, RecipeConfig, Source, StageConfig, model_files, run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_recipe(tmp: Path) -> RecipeConfig:

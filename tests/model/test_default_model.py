@@ -11,7 +11,7 @@ import pytest
 
 from chitchat.recipe.recipe import MANIFEST, model_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "default"
 SHARED = ROOT.parent / "shared" / "corpora"
 
