@@ -1,0 +1,146 @@
+"""Options written once: a dataclass field carries its command-line help, and argparse arguments are made
+from the dataclass (in the spirit of transformers' HfArgumentParser).
+
+    @dataclass
+    class Config:
+        data: Path = option(help="dataset directory")            # required: --data
+        epochs: int = option(10, help="passes over the data")     # --epochs, shown as "(default: 10)"
+        files: list[Path] = option(flag="files", nargs="+", help="inputs", default_factory=list)  # positional
+
+    add_options(parser, Config)
+    cfg = options_from_args(Config, parser.parse_args())
+
+The type of an argument comes from the annotation: int, float, str, Path, `X | None`, `list[X]`; a bool
+defaulting to False is a switch (store_true), one defaulting to True or None gets `--no-NAME` as well
+(BooleanOptionalAction). A default appears once, where the help formatter shows it
+(chitchat.cli's formatter shows every default that is not None or False).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING
+
+_META = "chitchat.option"
+
+
+def option(default=MISSING, *, help: str, flag: str | None = None, aliases: tuple[str, ...] = (),
+           metavar: str | None = None, choices=None, nargs=None, cli: bool = True, default_factory=MISSING):
+    """A dataclass field whose metadata carries its command-line spelling and help. `flag` defaults to
+    "--" + the field name with "_" as "-"; a flag without leading dashes is a positional argument."""
+    meta = {_META: {"help": help, "flag": flag, "aliases": tuple(aliases), "metavar": metavar,
+                    "choices": choices, "nargs": nargs, "cli": cli}}
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unwrap(tp):
+    """(base type, optional, list element type or None) of an annotation."""
+    optional = False
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        if len(args) != 1:
+            raise TypeError(f"unsupported annotation {tp!r}: one type or one type | None")
+        tp = args[0]
+        origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        elem = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        return tp, optional, elem
+    return tp, optional, None
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _cli_fields(cls, skip=()):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get(_META)
+        if meta is None or not meta["cli"] or f.name in skip:
+            continue
+        yield f, meta, hints[f.name]
+
+
+def add_options(parser, cls, *, group: str | None = None, skip: tuple[str, ...] = (),
+                defaults: dict | None = None) -> None:
+    """One argparse argument per field of dataclass `cls` made with `option()` (fields with cli=False or
+    named in `skip` are left out), in a group titled `group` if given; `defaults` overrides a field's
+    default for this command."""
+    defaults = defaults or {}
+    unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    target = parser.add_argument_group(group) if group else parser
+    for f, meta, hint in _cli_fields(cls, skip):
+        default = defaults[f.name] if f.name in defaults else _default(f)
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        positional = not flag.startswith("-")
+        names = [flag] if positional else [flag, *meta["aliases"]]
+        kwargs: dict = {"help": meta["help"]}
+        if meta["metavar"] is not None:
+            kwargs["metavar"] = meta["metavar"]
+        if meta["choices"] is not None:
+            kwargs["choices"] = tuple(meta["choices"])
+        tp, optional, elem = _unwrap(hint)
+        if tp is bool:
+            if positional:
+                raise TypeError(f"{cls.__name__}.{f.name}: a bool cannot be positional")
+            if default is False:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = default
+            target.add_argument(*names, dest=f.name, **kwargs)
+            continue
+        if elem is not None:
+            kwargs["type"] = elem
+            kwargs["nargs"] = meta["nargs"] or ("*" if default is not MISSING else "+")
+        else:
+            kwargs["type"] = tp
+            if meta["nargs"] is not None:
+                kwargs["nargs"] = meta["nargs"]
+        if default is MISSING:
+            if not positional:
+                kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+            if positional and "nargs" not in kwargs:
+                kwargs["nargs"] = "?"
+        if positional:  # its spelling is what help shows: the metavar
+            if flag != f.name and "metavar" not in kwargs:
+                kwargs["metavar"] = flag
+            target.add_argument(f.name, **kwargs)
+        else:
+            target.add_argument(*names, dest=f.name, **kwargs)
+
+
+def options_from_args(cls, args, **overrides):
+    """An instance of `cls` from a parsed namespace: the fields it holds, `overrides` over them; fields
+    absent from the namespace (not on the command line) keep their defaults."""
+    values = vars(args) if not isinstance(args, dict) else args
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in overrides:
+            kwargs[f.name] = overrides[f.name]
+        elif f.name in values and f.metadata.get(_META, {}).get("cli", True):
+            kwargs[f.name] = values[f.name]
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    return cls(**kwargs)
+
+
+__all__ = ["option", "add_options", "options_from_args"]
