@@ -87,7 +87,7 @@ def add_options(parser, cls, *, group: str | None = None, skip: tuple[str, ...] 
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         positional = not flag.startswith("-")
         names = [flag] if positional else [flag, *meta["aliases"]]
-        kwargs: dict = {"help": meta["help"]}
+        kwargs: dict = {"help": meta["help"].replace("%", "%%")}  # argparse formats help with %
         if meta["metavar"] is not None:
             kwargs["metavar"] = meta["metavar"]
         if meta["choices"] is not None:

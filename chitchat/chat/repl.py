@@ -18,6 +18,7 @@ from typing import Callable, Iterable, TextIO
 
 from chitchat.errors import ChitchatError
 from chitchat.chat.session import Session, default_transcript_path
+from chitchat.engine.options import add_engine_arguments, add_sampling_arguments, load_engine, sampling_from_args
 from chitchat.engine.settings import ChatSettings
 from chitchat.files import user_data_dir
 
@@ -218,33 +219,19 @@ def run_terminal(repl: Repl, *, input=None, output=None, history_file: Path | No
 
 
 def add_arguments(p) -> None:
-    from chitchat.engine.options import add_sampling_arguments
-
-    p.add_argument("--model", metavar="DIR",
-                   help="dialogue model or training run directory; none: the shipped default model (models/default)")
-    p.add_argument("--mmi-model", metavar="DIR",
-                   help="MMI model for reranking; with no --model, the default MMI model")
-    p.add_argument("--no-mmi", action="store_true", help="do not load an MMI model: rank by the dialogue model's likelihood")
+    add_engine_arguments(p, defaults={"threads": 1})
     p.add_argument("--max-history-len", type=int, default=ChatSettings().max_history_len, metavar="N",
                    help="utterances of dialogue the model sees, the new one included")
     p.add_argument("--seed", type=int, default=None, help="seed: the same seed and inputs give the same replies")
     p.add_argument("--transcript", type=Path, metavar="PATH",
                    help="transcript file written on exit; none: transcripts/ in the user data directory")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--int8", action="store_true", help="int8 weights for the linear and output layers (CPU)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads the engine uses (1 suits a CPU shared with other work)")
     add_sampling_arguments(p)
 
 
 def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    from chitchat.engine.options import load_engine, sampling_from_args
-
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
-    if args.threads is not None and args.threads < 1:
-        raise ChitchatError("--threads must be >= 1")
     settings = ChatSettings(sampling_from_args(args), mmi=not args.no_mmi, max_history_len=args.max_history_len,
                             seed=args.seed).validate()
 

@@ -1,58 +1,70 @@
-"""Sampling options shared by `chitchat chat`, `chitchat eval` and `chitchat serve`."""
+"""Options shared by `chitchat chat`, `chitchat eval` and `chitchat serve`, each defined once: the engine
+flags (EngineOptions: which models, on which device) and the sampling flags (SamplingConfig's fields)."""
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from typing import Callable
 
 from chitchat.engine.engine import Engine
+from chitchat.errors import ChitchatError
 from chitchat.model.default import ensure_default_model
 from chitchat.model.sampling import SamplingConfig
+from chitchat.options import add_options, option, options_from_args
 
-_DEFAULTS = SamplingConfig()
 
-# /set NAME in the chat REPL and the command-line spelling, for each SamplingConfig field
-OPTION_NAMES = {
-    "temperature": "temperature",
-    "top_k": "topk",
-    "top_p": "topp",
-    "repetition_penalty": "repetition-penalty",
-    "no_repeat_ngram_size": "no-repeat-ngram-size",
-    "min_len": "min-len",
-    "max_len": "max-len",
-    "candidates": "candidates",
-}
+@dataclass
+class EngineOptions:
+    """Which models the engine loads, and where it runs them."""
+
+    model: str | None = option(None, metavar="DIR", help="dialogue model or training run directory; "
+                               "none: the shipped default model (models/default)")
+    mmi_model: str | None = option(None, metavar="DIR",
+                                   help="MMI model for reranking; with no --model, the default MMI model")
+    no_mmi: bool = option(False, help="do not load an MMI model: rank by the dialogue model's likelihood")
+    device: str = option("cpu", help="cpu or cuda[:N]")
+    threads: int | None = option(None, metavar="N", help="CPU threads the engine uses (none: torch's default, "
+                                 "one per core; 1 suits a CPU shared with other work)")
+    int8: bool = option(False, help="int8 weights for the linear and output layers (CPU)")
+
+    def validate(self) -> "EngineOptions":
+        if self.threads is not None and self.threads < 1:
+            raise ChitchatError("--threads must be >= 1")
+        return self
+
+
+def add_engine_arguments(p, *, defaults: dict | None = None, skip: tuple[str, ...] = (),
+                         several_models: bool = False) -> None:
+    """The engine flags, in a "model" group; `several_models`: --model may be repeated (args.model is then
+    a list, None when absent)."""
+    add_options(p, EngineOptions, group="model", defaults=defaults,
+                skip=skip + (("model",) if several_models else ()))
+    if several_models:
+        group = next(g for g in p._action_groups if g.title == "model")
+        meta = EngineOptions.__dataclass_fields__["model"].metadata["chitchat.option"]
+        group.add_argument("--model", action="append", metavar="DIR",
+                           help=meta["help"].replace("; none:", " (repeat to compare models side by side); none:"))
+
+
+def engine_options_from_args(args) -> EngineOptions:
+    return options_from_args(EngineOptions, argparse.Namespace(
+        **{k: v for k, v in vars(args).items() if k != "model" or not isinstance(v, list)})).validate()
 
 
 def add_sampling_arguments(p) -> None:
-    d = _DEFAULTS
-    g = p.add_argument_group("sampling")
-    g.add_argument("--topk", "--top-k", dest="top_k", type=int, default=d.top_k, metavar="K",
-                   help="sample among the K most likely tokens (0: no limit)")
-    g.add_argument("--topp", "--top-p", dest="top_p", type=float, default=d.top_p, metavar="P",
-                   help="nucleus sampling: the fewest tokens holding probability P (0: off)")
-    g.add_argument("--temperature", type=float, default=d.temperature, metavar="T", help="sampling temperature")
-    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, metavar="R",
-                   help="divide the probability weight of tokens already in the reply by R (1: off)")
-    g.add_argument("--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size, metavar="N",
-                   help="never repeat an N-gram within a reply (0: off)")
-    g.add_argument("--min-len", type=int, default=d.min_len, metavar="N", help="tokens a reply has at least")
-    g.add_argument("--max-len", type=int, default=d.max_len, metavar="N", help="tokens a reply has at most")
-    g.add_argument("--candidates", type=int, default=d.candidates, metavar="N",
-                   help="replies sampled per turn, then ranked (by MMI when there is an MMI model)")
+    add_options(p, SamplingConfig, group="sampling")
 
 
 def sampling_from_args(args) -> SamplingConfig:
-    return SamplingConfig(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        min_len=args.min_len, max_len=args.max_len, candidates=args.candidates,
-    ).validate()
+    return options_from_args(SamplingConfig, args).validate()
 
 
-def load_engine(args, say: Callable[[str], None]):
-    model, mmi = args.model, None if args.no_mmi else args.mmi_model
+def load_engine(args, say: Callable[[str], None]) -> Engine:
+    opts = engine_options_from_args(args)
+    model, mmi = opts.model, None if opts.no_mmi else opts.mmi_model
     if model is None:
         model, default_mmi = ensure_default_model(say=say)
-        if not args.no_mmi and mmi is None:
+        if not opts.no_mmi and mmi is None:
             mmi = default_mmi
-    return Engine.load(model, mmi, int8=args.int8, device=args.device, threads=args.threads)
+    return Engine.load(model, mmi, int8=opts.int8, device=opts.device, threads=opts.threads)

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from chitchat.errors import ChitchatError
+from chitchat.options import option
 
 
 @dataclass
@@ -14,14 +15,18 @@ class SamplingConfig:
     """How candidates are sampled. 0 disables top_k, top_p and no_repeat_ngram_size."""
 
     # defaults chosen by a `chitchat eval` sweep on CPED valid (models/default/SAMPLING_SWEEP.md)
-    temperature: float = 0.7
-    top_k: int = 8
-    top_p: float = 0.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 3
-    min_len: int = 1
-    max_len: int = 25
-    candidates: int = 5
+    temperature: float = option(0.7, metavar="T", help="sampling temperature")
+    top_k: int = option(8, flag="--topk", aliases=("--top-k",), metavar="K",
+                        help="sample among the K most likely tokens (0: no limit)")
+    top_p: float = option(0.0, flag="--topp", aliases=("--top-p",), metavar="P",
+                          help="nucleus sampling: the fewest tokens holding probability P (0: off)")
+    repetition_penalty: float = option(1.0, metavar="R",
+                                       help="divide the probability weight of tokens already in the reply by R (1: off)")
+    no_repeat_ngram_size: int = option(3, metavar="N", help="never repeat an N-gram within a reply (0: off)")
+    min_len: int = option(1, metavar="N", help="tokens a reply has at least")
+    max_len: int = option(25, metavar="N", help="tokens a reply has at most")
+    candidates: int = option(5, metavar="N",
+                             help="replies sampled per turn, then ranked (by MMI when there is an MMI model)")
 
     def validate(self) -> "SamplingConfig":
         problems = []
