@@ -28,9 +28,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chitchat.engine.engine import Engine  # noqa: E402
-
-from chitchat.model.sampling import SamplingConfig
 from chitchat.model.gpt2 import build_model  # noqa: E402
+from chitchat.model.sampling import SamplingConfig  # noqa: E402
 from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer  # noqa: E402
 from machine import busy_cores, machine_note  # noqa: E402
 

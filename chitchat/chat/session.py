@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 
 from chitchat.errors import ChitchatError
-from chitchat.engine.engine import Candidate, Engine, WrittenText
+from chitchat.engine.engine import Engine
+from chitchat.engine.replies import Candidate, WrittenText
 from chitchat.engine.settings import ChatSettings
 from chitchat.files import user_data_dir
 from chitchat.model.sampling import SamplingConfig

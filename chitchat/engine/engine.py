@@ -1,469 +1,44 @@
 """The generation engine: sample candidate replies in one batch with a key/value cache, rank them by MMI.
 
-No terminal code here: the chat REPL, the evaluator and the server all drive `Engine`.
+No terminal code here: the chat REPL, the evaluator and the server all drive `Engine`. The model
+runs in `FastGPT2` (fast.py), the next token is chosen by `Sampler` (sampler.py), and what comes
+back is described in replies.py.
 
-- `FastGPT2` runs GPT-2 inference over weights taken once from a `transformers` model: fused QKV,
-  weights contiguous in the layout the matmul wants, no autograd and no framework bookkeeping.
-  `transformers`' own `generate` with its cache takes 2 to 3 times as long for one reply
-  (bench/chat.py prints both; torch.compile made a step slower and took 40 s to compile, so it is
-  not used). `tests/test_generate.py` checks the logits against `transformers`.
-- A decode step (`FastGPT2.step`, one token per row) reads every weight once: about 20 MB at the
-  small preset in fp32, more than this machine's cache keeps (a cyclic read slows down past about
-  16 MB here), so fp32 steps stream from memory and int8 ones (5 MB) stay in the cache. Hence: the
-  weights sit in one block of 2 MB pages (`_page_backed`: fewer TLB misses, 15-25% faster streaming
-  here); products of 1 to 8 rows use an (out, in) copy in two blocks, which streams 1.4 to 1.9
-  times faster than MKL's few-row sgemm and lets 2 threads each stream half, and those of 9 to 128
-  rows (a server's batches) a copy packed for oneDNN, GELU and residual sums fused (`Fp32Linear`); the
-  key/value cache buffer is kept between calls; and per-row bookkeeping stays in Python lists
-  instead of a dozen tiny tensor ops a step. Large products (prefill, MMI scoring) are
-  compute-bound and use the plain (in, out) layout.
 - `Engine.generate` samples `candidates` replies for each of several histories: histories are
   left-padded into one batch, each is read once (prefill), its cache rows are shared by its
   candidates, and every step feeds one new token per row. A candidate ends at [SEP] or at `max_len`.
+  Per-row bookkeeping stays in Python lists rather than a dozen tiny tensor ops a step.
 - Streaming: `generate_stream` and `replies_stream` are the same loops as generators, yielding each
   decoding step's new tokens; `generate` and `replies` drive them to the end, so both forms give
   the same candidates for the same seed. A history given up (`send`) leaves the batch: its rows
   are cut out of the key/value cache and the decoding goes on with the others.
-- Sampling: repetition penalty, no-repeat n-grams, temperature, top-k, top-p, in that order.
-  [PAD], [UNK] and [CLS] are never produced, nor a space as the first token (normalised text never
-  starts with one), nor [SEP] before `min_len` tokens.
-- The repetition penalty divides the probability weight of every token already in the reply by
-  `repetition_penalty` (subtracts log(penalty) from its logit): the probability of a seen token goes
-  down whatever the sign of its logit. (GPT2-chitchat divides the logit, which raises the probability
-  of a seen token whose logit is negative; `transformers`' sign-aware variant can still raise a seen
-  token's probability when other seen tokens are lowered more.)
 - MMI: each candidate is scored by the MMI model's mean negative log-likelihood of the reversed
   history given the candidate, `[CLS] candidate [SEP] u_n [SEP] ... u_1 [SEP]`, counted on the
   history tokens only (their [SEP]s included), all candidates in one right-padded batch. Only the
   positions that are scored go through the last layer's attention output and MLP, and the output
-  layer (about a third of the work) only at them.
+  layer (about a third of the work) only at them. The reply is the non-empty candidate with the
+  lowest MMI score (without MMI, the one the dialogue model finds most likely); when every
+  candidate is empty the history is sampled again.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
-import os
-from collections.abc import Generator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from chitchat.errors import ChitchatError
-from chitchat.model.sampling import SamplingConfig
 from chitchat.corpus.normalize import normalize
-from chitchat.engine.quantize import Fp32Linear, Int8Linear, check_int8
-from chitchat.tokens.tokenizer import CLS, PAD, SEP, SPACE, UNK
+from chitchat.engine.fast import FastGPT2, torch_threads
+from chitchat.engine.replies import Candidate, Reply, ReplyStep, Steps, run_to_end
+from chitchat.engine.sampler import Sampler, seed_generator
+from chitchat.errors import ChitchatError
+from chitchat.model.gpt2 import load_model, resolve_model_dir
+from chitchat.model.sampling import SamplingConfig
+from chitchat.tokens.tokenizer import CLS, PAD, SEP, SPACE, UNK, tokenizer_tokens
 
 MAX_RESAMPLE = 3  # rounds of sampling when every candidate came out empty
-
-
-@dataclass
-class Candidate:
-    """One sampled reply. `nll`: the dialogue model's mean negative log-likelihood per token of the
-    reply (its closing [SEP] included); `mmi`: the MMI model's mean NLL of the reversed history given
-    the reply (None when not scored, NaN/inf when the MMI model failed on it). Lower is better."""
-
-    text: str
-    ids: list[int]
-    nll: float
-    mmi: float | None = None
-    finished: bool = True  # ended with [SEP] (False: cut at max_len)
-
-    @property
-    def empty(self) -> bool:
-        return not self.text.strip()
-
-    def to_dict(self) -> dict:
-        return {"text": self.text, "nll": _json_float(self.nll), "mmi": _json_float(self.mmi), "finished": self.finished}
-
-
-@dataclass
-class Reply:
-    text: str
-    candidates: list[Candidate]
-    chosen: int
-    ranking: str  # "mmi", or "likelihood" when there is no MMI model, it is off, or it failed on all candidates
-    attempts: int = 1  # sampling rounds (more than 1 when every candidate came out empty)
-
-
-@dataclass
-class ReplyStep:
-    """One decoding step of `Engine.replies_stream`: for each history still sampled, the new token of
-    each of its candidates (None: that candidate had ended; [SEP] ends it). `attempt` counts the
-    sampling rounds: a new round (every candidate came out empty) starts its replies afresh."""
-
-    attempt: int
-    tokens: dict[int, list[int | None]]
-
-
-Steps = Generator  # a generator of steps whose return value is the final result (see run_to_end)
-
-
-@dataclass
-class WrittenText:
-    """One reply's text as `Engine.replies_stream` writes it (one candidate: the reply is known as
-    it is written). `add` each step's token; it returns the new text."""
-
-    engine: "Engine"
-    attempt: int = 0  # the sampling round whose tokens `ids` holds
-    ids: list[int] = field(default_factory=list)
-    text: str = ""  # what `add` has returned so far, joined
-
-    def add(self, step: ReplyStep, row: int) -> str:
-        """The new text once history `row`'s token of `step` (its only candidate's) is added."""
-        if step.attempt != self.attempt:  # a new round: the last one's reply was empty, nothing was shown
-            self.attempt, self.ids = step.attempt, []
-        tokens = step.tokens.get(row)
-        token = tokens[0] if tokens else None
-        if token is None or token == self.engine.sep_id:
-            return ""
-        self.ids.append(token)
-        text = self.engine.decode(self.ids)  # a prefix of the next one's: decode strips spaces at the ends only
-        new, self.text = text[len(self.text):], text
-        return new
-
-
-def run_to_end(steps: Generator):
-    """Drive a streaming generation to its end; its result."""
-    try:
-        while True:
-            next(steps)
-    except StopIteration as end:
-        return end.value
-
-
-def _json_float(x: float | None):
-    if x is None:
-        return None
-    return x if math.isfinite(x) else str(x)
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run with `n` intra-op threads (None: leave torch's setting), restoring the setting after."""
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _seed_generator(seed: int | None) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else seed)
-    return g
-
-
-def _nucleus_candidates(logits: torch.Tensor, top_p: float, first: int = 256):
-    """(probabilities, token ids) sorted largest first, enough of them to hold probability `top_p`:
-    the top `first` when they do (a full sort of 8,000 costs 0.5 ms a row here, topk(256) a tenth
-    of it). The probabilities are those of the whole distribution."""
-    log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
-    if first < logits.shape[1]:
-        values, index = logits.topk(first, dim=1)
-        probs = (values - log_norm).exp()
-        if bool((probs.sum(dim=1) >= top_p).all()):
-            return probs, index
-    values, index = logits.sort(dim=1, descending=True)
-    return (values - log_norm).exp(), index
-
-
-_GELU_C = 2 * math.sqrt(2 / math.pi)
-
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's tanh-approximated GELU. On large inputs in its identical form x * sigmoid(2z), computed
-    in place (2.5x faster than F.gelu(approximate="tanh") here); on small ones F.gelu (fewer ops)."""
-    if x.numel() < 16384:
-        return F.gelu(x, approximate="tanh")
-    y = x * x
-    return y.mul_(_GELU_C * 0.044715).add_(_GELU_C).mul_(x).sigmoid_().mul_(x)
-
-
-_HUGE_PAGE = 2 << 20
-_SPARE_CACHE_BYTES = 64 << 20  # a larger key/value cache (a big batch) is not kept between calls
-_NLL_ROWS = 320  # rows of logits at a time in sequence_nll (see FastGPT2._nll)
-_NLL_ROWS_INT8 = 32
-_NLL_GROUP_TOKENS = 2048  # sequence_nll's sequences at a time, in tokens
-
-
-def _page_backed(numel: int) -> torch.Tensor:
-    """An uninitialised fp32 CPU tensor of `numel` elements in memory the kernel is asked to back with
-    2 MB pages (transparent huge pages, Linux; elsewhere an ordinary tensor). A decode step streams
-    every weight once, about 20 MB at the small preset in fp32, more than this CPU's cache keeps:
-    with 4 KB pages that is 5,000 TLB misses a step, and a cyclic read of 20-30 MB ran 15-25%
-    faster here from 2 MB pages."""
-    madvise = getattr(mmap, "MADV_HUGEPAGE", None)
-    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-    if madvise is None or not flags or numel * 4 < _HUGE_PAGE:
-        return torch.empty(numel)
-    try:
-        region = mmap.mmap(-1, numel * 4 + _HUGE_PAGE, flags=flags)
-        region.madvise(madvise)
-    except (OSError, ValueError):
-        return torch.empty(numel)
-    raw = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` alive as long as any view of it
-    start = -raw.data_ptr() % _HUGE_PAGE
-    return raw[start:start + numel * 4].view(torch.float32)
-
-
-def _pack(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Copies of fp32 CPU `tensors`, contiguous, side by side (64-byte aligned) in one page-backed block."""
-    sizes = [(t.numel() + 15) // 16 * 16 for t in tensors]
-    block = _page_backed(sum(sizes))
-    out, at = [], 0
-    for t, size in zip(tensors, sizes):
-        out.append(block[at:at + t.numel()].view(t.shape).copy_(t))
-        at += size
-    return out
-
-
-class FastGPT2:
-    """GPT-2 inference (fp32 or int8 weights) over the weights of a `transformers` GPT2LMHeadModel.
-    The weights are detached copies: no call records an autograd graph."""
-
-    def __init__(self, model, int8: bool = False, device: str | torch.device = "cpu"):
-        cfg = model.config
-        if getattr(cfg, "model_type", None) != "gpt2":
-            raise ChitchatError(f"unsupported model type {getattr(cfg, 'model_type', None)!r} (expected gpt2)")
-        unsupported = [name for name, bad in (
-            ("activation_function", cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh")),
-            ("scale_attn_weights", not cfg.scale_attn_weights),
-            ("scale_attn_by_inverse_layer_idx", cfg.scale_attn_by_inverse_layer_idx),
-            ("reorder_and_upcast_attn", cfg.reorder_and_upcast_attn),
-            ("add_cross_attention", cfg.add_cross_attention),
-        ) if bad]
-        if unsupported:
-            raise ChitchatError(f"unsupported GPT-2 configuration: {', '.join(unsupported)}")
-        if int8:
-            check_int8(device)
-        self.device = torch.device(device)
-        self.int8 = int8
-        self.n_layer, self.n_head, self.d = cfg.n_layer, cfg.n_head, cfg.n_embd
-        self.head_dim = self.d // self.n_head
-        self.n_positions = cfg.n_positions
-        self.eps = cfg.layer_norm_epsilon
-        sd = {k: v.detach().to(self.device, torch.float32) for k, v in model.state_dict().items()}
-        linear = Int8Linear if int8 else Fp32Linear
-        self.wte = sd["transformer.wte.weight"].contiguous()  # (V, D): embedding lookup
-        self.wpe = sd["transformer.wpe.weight"].contiguous()
-        head = sd.get("lm_head.weight", self.wte)
-        self.vocab_size = head.shape[0]
-        self.head = linear(head, None, out_in=True)  # logits = h @ head.T, weight stored for that product
-        self.ln_f = (sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"])
-        self.layers = []
-        for i in range(self.n_layer):
-            p = f"transformer.h.{i}."
-            self.layers.append((
-                (sd[p + "ln_1.weight"], sd[p + "ln_1.bias"]),
-                linear(sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"]),
-                linear(sd[p + "attn.c_proj.weight"], sd[p + "attn.c_proj.bias"]),
-                (sd[p + "ln_2.weight"], sd[p + "ln_2.bias"]),
-                linear(sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"]),
-                linear(sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"]),
-            ))
-        if self.device.type == "cpu":
-            self._pack_weights()
-        self._spare: list[torch.Tensor] = []  # a key/value cache buffer kept for the next call
-        self._scratch: torch.Tensor | None = None  # sequence_nll's logits and log-softmax (CPU, fp32)
-
-    def _pack_weights(self) -> None:
-        """Move every fp32 tensor a decode step reads (all but the embedding table, of which it reads
-        a row per token) into one page-backed block."""
-        holders = [lin for layer in self.layers for lin in layer if isinstance(lin, Fp32Linear)]
-        if isinstance(self.head, Fp32Linear):
-            holders.append(self.head)
-        tensors = [self.wpe, *[t for layer in self.layers for pair in (layer[0], layer[3]) for t in pair],
-                   *self.ln_f]
-        for lin in holders:
-            tensors += [t for t in (lin.weight, lin.bias) if t is not None]
-        packed = iter(_pack(tensors))
-        self.wpe = next(packed)
-        self.layers = [((next(packed), next(packed)), qkv, out, (next(packed), next(packed)), fc, fc_out)
-                       for _, qkv, out, _, fc, fc_out in self.layers]
-        self.ln_f = (next(packed), next(packed))
-        for lin in holders:
-            lin.weight = next(packed)
-            if lin.bias is not None:
-                lin.bias = next(packed)
-
-    def prepare_decode(self, one_row: bool) -> None:
-        """Ready the (out, in) layouts that decode steps use (see Fp32Linear), made on first use in a
-        page-backed block of their own (a model that never decodes, the MMI model, does not hold
-        them); `one_row`: one-row products use them too (right with 2 threads or more)."""
-        linears = [lin for layer in self.layers for lin in layer if isinstance(lin, Fp32Linear)]
-        if isinstance(self.head, Fp32Linear):
-            linears.append(self.head)
-        if any(lin.blocks is None for lin in linears):
-            parts = [lin.transposed() for lin in linears]
-            flat = [t for p in parts for t in p]
-            packed = iter(_pack(flat) if self.device.type == "cpu" else flat)
-            for lin, p in zip(linears, parts):
-                lin.set_transposed([next(packed) for _ in p])
-        for lin in linears:
-            lin.one_row = one_row
-
-    def new_cache(self, batch: int, length: int) -> list[torch.Tensor]:
-        """Per layer, keys and values: (2, batch, heads, length, head_dim)."""
-        return [torch.empty(2, batch, self.n_head, length, self.head_dim, device=self.device) for _ in range(self.n_layer)]
-
-    def borrow_cache(self, batch: int, length: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """`new_cache` in a buffer kept from an earlier call when it is large enough (a fresh buffer
-        costs a page fault per 4 KB; a page-backed one is reused). Hand it back with `return_cache`."""
-        per_layer = 2 * batch * self.n_head * length * self.head_dim
-        try:
-            buffer = self._spare.pop()
-        except IndexError:
-            buffer = None
-        if buffer is None or buffer.numel() < per_layer * self.n_layer:
-            size = per_layer * self.n_layer
-            buffer = _page_backed(size) if self.device.type == "cpu" else torch.empty(size, device=self.device)
-        shape = (2, batch, self.n_head, length, self.head_dim)
-        return buffer, [buffer[i * per_layer:(i + 1) * per_layer].view(shape) for i in range(self.n_layer)]
-
-    def return_cache(self, buffer: torch.Tensor) -> None:
-        if not self._spare and buffer.numel() * buffer.element_size() <= _SPARE_CACHE_BYTES:
-            self._spare.append(buffer)
-
-    def hidden(self, ids: torch.Tensor, positions: torch.Tensor, *, cache: list[torch.Tensor] | None = None,
-               start: int = 0, mask: torch.Tensor | None = None, keys: list | None = None,
-               skip: int = 0) -> torch.Tensor:
-        """Final hidden states (B, S, D) of tokens `ids` (B, S) at `positions` (B, S).
-
-        With `cache`, this chunk's keys/values are written at [start, start+S) and attention reads
-        [0, start+S); otherwise the chunk attends to itself, causally. `mask` (bool, broadcastable to
-        (B, 1, S, keys)) says which keys each query may see; None means all earlier ones. With `keys`
-        (a list), each layer's (2, B, H, S, Dh) keys/values are appended to it. With `skip` (no
-        `cache`), the first `skip` positions' final states are not wanted: the last layer computes
-        only their keys and values, and the result is (B, S - skip, D).
-        """
-        B, S = ids.shape
-        D, H, Dh = self.d, self.n_head, self.head_dim
-        x = (F.embedding(ids, self.wte) + F.embedding(positions, self.wpe)).view(B * S, D)
-        causal = mask is None and S > 1
-        last = self.n_layer - 1
-        for i, ((ln1, qkv_proj, out_proj, ln2, fc, fc_out), layer_cache) in enumerate(zip(
-                self.layers, cache if cache is not None else [None] * self.n_layer)):
-            h = F.layer_norm(x, (D,), ln1[0], ln1[1], self.eps)
-            qkv = qkv_proj(h).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, S, Dh)
-            if keys is not None:
-                keys.append(qkv[1:])
-            if layer_cache is not None:
-                layer_cache[:, :, :, start:start + S] = qkv[1:]
-                k, v = layer_cache[0, :, :, :start + S], layer_cache[1, :, :, :start + S]
-            else:
-                k, v = qkv[1], qkv[2]
-            if i == last and skip and cache is None:
-                # queries from `skip` on; causal from the bottom right (SDPA's is_causal aligns top left)
-                m = (torch.ones(S - skip, S, dtype=torch.bool, device=x.device).tril(skip) if mask is None
-                     else mask[..., skip:, :])
-                a = F.scaled_dot_product_attention(qkv[0, :, :, skip:], k, v, attn_mask=m)
-                S = S - skip
-                x = x.view(B, S + skip, D)[:, skip:].reshape(B * S, D)
-            else:
-                a = F.scaled_dot_product_attention(qkv[0], k, v, attn_mask=mask, is_causal=causal)
-            x = out_proj.residual(a.transpose(1, 2).reshape(B * S, D), x)
-            h = F.layer_norm(x, (D,), ln2[0], ln2[1], self.eps)
-            x = fc_out.residual(fc.gelu(h, _gelu_tanh), x)
-        return F.layer_norm(x, (D,), self.ln_f[0], self.ln_f[1], self.eps).view(B, S, D)
-
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list[torch.Tensor], start: int,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`hidden` for one new token per row, as a decode step needs it, with fewer and smaller ops:
-        `tokens` and `positions` (B,), keys/values written at `start`, attention over [0, start];
-        `mask` (bool, (B, 1, 1, start + 1)) as in `hidden`. Returns (B, D)."""
-        B = tokens.shape[0]
-        D, H, Dh, eps = self.d, self.n_head, self.head_dim, self.eps
-        x = self.wte.index_select(0, tokens).add_(self.wpe.index_select(0, positions))
-        end = start + 1
-        for (ln1, qkv_proj, out_proj, ln2, fc, fc_out), layer_cache in zip(self.layers, cache):
-            qkv = qkv_proj(F.layer_norm(x, (D,), ln1[0], ln1[1], eps)).view(B, 3, H, Dh)
-            layer_cache[:, :, :, start] = qkv[:, 1:].transpose(0, 1)
-            a = F.scaled_dot_product_attention(qkv[:, 0, :, None], layer_cache[0, :, :, :end],
-                                               layer_cache[1, :, :, :end], attn_mask=mask)
-            x = out_proj.residual(a.view(B, D), x)
-            x = fc_out.residual(fc.gelu(F.layer_norm(x, (D,), ln2[0], ln2[1], eps), _gelu_tanh), x)
-        return F.layer_norm(x, (D,), self.ln_f[0], self.ln_f[1], eps)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(N, D) hidden states -> (N, V) logits."""
-        return self.head(hidden)
-
-    @torch.inference_mode()
-    def sequence_nll(self, sequences: list[list[int]], starts: list[int], pad_id: int = 0) -> torch.Tensor:
-        """Mean negative log-likelihood of `seq[start:]` given `seq[:start]`, for each sequence, in one
-        right-padded batch (causal attention never looks right, so padding needs no mask). NaN where a
-        sequence has nothing to score. Many sequences go in groups of about 2,048 tokens: the
-        activations of a group stay in the cache (80 sequences of 85 tokens, a server batch of 16
-        replies with 5 candidates, took 14% less time so on one thread here)."""
-        n = len(sequences)
-        if n == 0:
-            return torch.zeros(0)
-        width = max(len(s) for s in sequences)
-        if width > self.n_positions:
-            raise ChitchatError(f"sequence of {width} tokens exceeds the model's {self.n_positions} positions")
-        group = max(1, _NLL_GROUP_TOKENS // width)
-        if n > group:
-            return torch.cat([self.sequence_nll(sequences[i:i + group], starts[i:i + group], pad_id)
-                              for i in range(0, n, group)])
-        width -= 1  # the last token predicts nothing: the model reads one position less
-        rows, cols, targets = [], [], []
-        for i, (seq, start) in enumerate(zip(sequences, starts)):
-            first = max(start, 1)
-            rows.extend([i] * max(len(seq) - first, 0))
-            cols.extend(range(first - 1, len(seq) - 1))
-            targets.extend(seq[first:])
-        if not rows:
-            return torch.full((n,), float("nan"))
-        ids = torch.full((n, width), pad_id, dtype=torch.long)
-        for i, seq in enumerate(sequences):
-            ids[i, :len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
-        ids = ids.to(self.device)
-        positions = torch.arange(width, device=self.device).expand(n, width)
-        rows_t = torch.tensor(rows, dtype=torch.long, device=self.device)
-        targets_t = torch.tensor(targets, dtype=torch.long, device=self.device)
-        skip = min(cols)  # no sequence scores a position before this one
-        cols_t = torch.tensor(cols, dtype=torch.long, device=self.device) - skip
-        h = self.hidden(ids, positions, skip=skip)[rows_t, cols_t]
-        nll = self._nll(h, targets_t)
-        total = torch.zeros(n, device=self.device).index_add_(0, rows_t, nll)
-        count = torch.zeros(n, device=self.device).index_add_(0, rows_t, torch.ones_like(nll))
-        return (total / count).cpu()  # 0/0 -> NaN for a sequence with nothing to score
-
-    def _nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """-log p(target) for each row of final hidden states `h` (R, D).
-
-        fp32 on the CPU: the logits and their log-softmax go to two buffers kept between calls, up to
-        320 rows at a time. The 290 rows of a chat turn's MMI scoring make 9 MB of logits and as much
-        log-softmax: as fresh tensors that was 4,500 page faults a call (the allocator hands blocks
-        that large back to the system), 4 to 6 ms here, and smaller slices make MKL's product slower
-        (5.3 ms for 128 rows, 8.5 for 290). int8: 32 rows at a time (fbgemm does worse with many
-        rows: 11 ms against 25 for all 290 at once on 1 thread)."""
-        R = h.shape[0]
-        if not (isinstance(self.head, Fp32Linear) and self.head.bias is None and self.device.type == "cpu"):
-            step = _NLL_ROWS_INT8 if self.int8 else _NLL_ROWS
-            return torch.cat([F.cross_entropy(self.logits(h[i:i + step]), targets[i:i + step], reduction="none")
-                              for i in range(0, R, step)])
-        rows = min(R, _NLL_ROWS)
-        size = rows * self.vocab_size
-        if self._scratch is None or self._scratch.numel() < 2 * size:
-            self._scratch = _page_backed(2 * size)
-        logits = self._scratch[:size].view(rows, self.vocab_size)
-        logp = self._scratch[size:2 * size].view(rows, self.vocab_size)
-        out = torch.empty(R)
-        for i in range(0, R, rows):
-            r = min(rows, R - i)
-            torch.mm(h[i:i + r], self.head.weight, out=logits[:r])
-            torch.log_softmax(logits[:r], 1, out=logp[:r])
-            torch.gather(logp[:r], 1, targets[i:i + r, None], out=out[i:i + r, None])
-        return out.neg_()
 
 
 class Engine:
@@ -473,10 +48,9 @@ class Engine:
                  threads: int | None = 1, model_path: str | None = None, mmi_path: str | None = None):
         """`threads`: torch intra-op threads while the engine runs (None: torch's setting). The
         default is 1: a decoding step is a few dozen small ops, and on a CPU shared with other
-        work a second OpenMP thread that gets descheduled stalls every op (measured here: 2 threads
-        made replies up to 10x slower while another process kept one of the 2 cores busy). With the
-        CPU to itself, 2 threads (this machine's 2 cores) take about 30% off a reply with 5
-        candidates and MMI, 10 to 20% off one without (bench/chat.py runs one thread per core)."""
+        work a second OpenMP thread that gets descheduled stalls every op, which can make replies
+        many times slower. With the CPU to itself, more threads make a reply faster (bench/chat.py
+        runs one thread per core and measures by how much)."""
         self.tokenizer = tokenizer
         self.threads = threads
         self.model_path, self.mmi_path = model_path, mmi_path
@@ -493,14 +67,13 @@ class Engine:
             raise ChitchatError(f"tokenizer has {len(self.vocab)} tokens but the model only {V} outputs")
         if self.mmi is not None and self.mmi.vocab_size != V:
             raise ChitchatError(f"MMI model has {self.mmi.vocab_size} outputs, the dialogue model {V}: not the same vocabulary")
-        self._bans = self._ban_masks(V)
+        never = [i for i in (self.pad_id, self.unk_id, self.cls_id) if i is not None]
+        self.sampler = Sampler(V, len(self.vocab), never=never, space_id=self.space_id, sep_id=self.sep_id,
+                               device=self.device)
 
     @classmethod
     def load(cls, model_dir, mmi_dir=None, *, int8: bool = False, device: str = "cpu",
              threads: int | None = 1) -> "Engine":
-        from chitchat.model.gpt2 import load_model, resolve_model_dir
-        from chitchat.tokens.tokenizer import tokenizer_tokens
-
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ChitchatError(f"device {device}: CUDA is not available")
         model, tokenizer = load_model(model_dir, device="cpu")
@@ -565,52 +138,7 @@ class Engine:
             ids.append(self.sep_id)
         return ids
 
-    # -- sampling -------------------------------------------------------------------------------
-
-    def _ban_masks(self, V: int) -> dict[tuple[bool, bool], torch.Tensor]:
-        """Additive logit masks keyed by (first step, before min_len)."""
-        base = [i for i in (self.pad_id, self.unk_id, self.cls_id) if i is not None]
-        masks = {}
-        for first in (False, True):
-            for early in (False, True):
-                m = torch.zeros(V, device=self.device)
-                banned = base + ([self.space_id] if first and self.space_id is not None else []) + ([self.sep_id] if early else [])
-                m[banned] = float("-inf")
-                m[len(self.vocab):] = float("-inf")  # embedding rows beyond the tokenizer
-                masks[first, early] = m
-        return masks
-
-    def _choose(self, logits: torch.Tensor, step: int, out: list[list[int]], seen: torch.Tensor | None,
-                cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
-        """Next token per row from raw logits (B, V), modified in place; `out`: each row's tokens so far."""
-        logits += self._bans[step == 0, step < cfg.min_len]
-        if seen is not None:
-            logits += seen
-        n = cfg.no_repeat_ngram_size
-        if n and step >= n - 1:
-            for row, toks in enumerate(out):
-                prefix = tuple(toks[step - n + 1:]) if n > 1 else ()
-                banned = [toks[i + n - 1] for i in range(step - n + 1) if tuple(toks[i:i + n - 1]) == prefix]
-                if banned:
-                    logits[row, banned] = float("-inf")
-        if cfg.temperature != 1.0:
-            logits /= cfg.temperature
-        top_p = cfg.top_p if 0 < cfg.top_p < 1 else 0.0
-        if cfg.top_k and cfg.top_k < logits.shape[1]:
-            values, index = logits.topk(cfg.top_k, dim=1)  # sorted, largest first
-            probs = values.softmax(dim=1)  # with top_k, top_p applies within the top k (as transformers does)
-        elif top_p:
-            probs, index = _nucleus_candidates(logits, top_p)
-        else:
-            probs, index = logits.softmax(dim=1), None
-        if top_p:
-            before = probs.cumsum(dim=1) - probs  # probability mass of the better tokens
-            probs = probs.masked_fill(before >= top_p, 0.0)
-        # argmax of p / Exp(1) noise draws index i with probability p_i (the exponential race, as
-        # Gumbel-max); drawn on the CPU with the CPU generator, so that a seed means the same everywhere
-        noise = torch.empty(probs.shape).exponential_(generator=gen).to(probs.device)
-        choice = (probs / noise).argmax(dim=1, keepdim=True)
-        return (choice if index is None else index.gather(1, choice)).squeeze(1)
+    # -- the batched sampling loops ------------------------------------------------------------
 
     def generate(self, histories: list[list[str]] | list[list[list[int]]], sampling: SamplingConfig | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None) -> list[list[Candidate]]:
@@ -627,15 +155,12 @@ class Engine:
         the same random draws, the same candidates. `send` it a set of rows to stop decoding
         (`replies_stream` does so for a client that went away): they leave the batch."""
         cfg = (sampling or SamplingConfig()).validate()
-        gen = generator if generator is not None else _seed_generator(seed)
+        gen = generator if generator is not None else seed_generator(seed)
         contexts = [self.context_ids(self.fit_history(self._as_ids(h), cfg.max_len)) for h in histories]
         return self._sample_steps(contexts, cfg, gen)
 
     def _as_ids(self, history) -> list[list[int]]:
         return [u if isinstance(u, list) else self.encode(u) for u in history]
-
-    def _sample(self, contexts: list[list[int]], cfg: SamplingConfig, gen: torch.Generator) -> list[list[Candidate]]:
-        return run_to_end(self._sample_steps(contexts, cfg, gen))
 
     @torch.inference_mode()
     def _sample_steps(self, contexts: list[list[int]], cfg: SamplingConfig, gen: torch.Generator) -> Steps:
@@ -706,7 +231,7 @@ class Engine:
         pad, sep = self.pad_id, self.sep_id
         for step in range(cfg.max_len):
             log_probs = F.log_softmax(logits, dim=1)  # the model's own distribution, before sampling controls
-            tok = self._choose(logits, step, [out[r] for r in rows], seen, cfg, gen)
+            tok = self.sampler.next_tokens(logits, step, [out[r] for r in rows], seen, cfg, gen)
             chosen = log_probs.gather(1, tok[:, None]).view(len(rows)).tolist()
             toks = tok.tolist()
             new: list[int | None] = [None] * B
@@ -805,7 +330,7 @@ class Engine:
         to give up (clients that went away): their rows leave the batch at once, they are not
         scored, and their entry in the result is None."""
         cfg = (sampling or SamplingConfig()).validate()
-        gen = generator if generator is not None else _seed_generator(seed)
+        gen = generator if generator is not None else seed_generator(seed)
         utterances = [self.fit_history(self._as_ids(h), cfg.max_len) for h in histories]
         contexts = [self.context_ids(u) for u in utterances]
         use_mmi = mmi and self.mmi is not None
@@ -849,13 +374,3 @@ class Engine:
               seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None) -> Reply:
         """`replies` for one history."""
         return self.replies([history], sampling, seed, mmi=mmi, generator=generator)[0]
-
-    def candidates(self, history, sampling: SamplingConfig | None = None, seed: int | None = None, *,
-                   mmi: bool = True) -> list[Candidate]:
-        """Sampled and (when possible) MMI-scored candidates for one history, unranked."""
-        cfg = (sampling or SamplingConfig()).validate()
-        utterances = self.fit_history(self._as_ids(history), cfg.max_len)
-        cands = self._sample([self.context_ids(utterances)], cfg, _seed_generator(seed))[0]
-        if mmi and self.mmi is not None:
-            self.score_mmi(utterances, [c for c in cands if not c.empty])
-        return cands

@@ -3,15 +3,15 @@
 Weights are quantized once, symmetrically per output channel; activations are quantized per call
 (dynamic quantization), accumulation is int32 and the result fp32. `transformers`' GPT-2 keeps its
 projections in `Conv1D` (weight laid out in x out), which `quantize_dynamic` does not touch, so the
-fast engine (chitchat.engine.engine.FastGPT2) builds its layers from `Int8Linear` directly, the tied
+fast engine (chitchat.engine.fast.FastGPT2) builds its layers from `Int8Linear` directly, the tied
 output layer included.
 
 The kernel: `torch.fbgemm_linear_int8_weight_fp32_activation` (the fbgemm entry point that
 `quantize_dynamic` used before packed-parameter objects) where this PyTorch has it, else
 `quantized::linear_dynamic`. Both run the same fbgemm GEMM, but the second takes its weights as a
 TorchScript object, and every call from Python looks up `__torch_function__` on it, which raises and
-catches a C++ exception: about 20 us a call, most of a decode step's linear layers (which take 5 to
-30 us themselves). The first takes plain tensors and per-tensor weight parameters: per-channel
+catches a C++ exception: an overhead per call as large as the work of a decode step's small linear
+layers. The first takes plain tensors and per-tensor weight parameters: per-channel
 scales are applied as a multiplication of the output (the bias is passed divided by them), and
 weights are quantized to 7 bits (|q| <= 63) because it quantizes activations to 8 bits: on CPUs
 without VNNI, fbgemm adds pairs of 8-bit products in 16 bits, and 255 x 63 x 2 cannot saturate.
@@ -84,7 +84,7 @@ class Int8Linear:
 
 
 _FEW_ROWS = 32  # more rows than this: the product is compute-bound, and one sgemm on (in, out) does best
-# oneDNN's linear on a weight it packed once (the kernel inductor uses): fastest here for 9 to 128 rows
+# oneDNN's linear on a weight it packed once (the kernel inductor uses), for 9 to 128 rows
 _ONEDNN = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, name) for name in ("_reorder_linear_weight", "_linear_pointwise"))
 _ONEDNN_ROWS = range(9, 129)
@@ -95,20 +95,17 @@ class Fp32Linear:
 
     `set_transposed` adds a copy laid out (out, in), in two blocks of rows, for inputs of up to 32
     rows (decode steps; up to 8 where oneDNN takes the larger ones): one batched product
-    `blocks @ x.T`. With weights that stream from memory (a decode step reads them all, more than
-    the cache holds), 5 rows on 2 threads: MKL's sgemm on the (in, out) weight ran at about 7 GB/s
-    here, this form at 11 to 13 (a 1 MB layer in 97 us instead of 138, the 8 MB output layer in
-    0.63 ms instead of 1.17). With `one_row` (2 threads), one row goes this way too: MKL's
-    matrix-vector product runs on one thread, here each thread streams one block (the output layer
-    in 0.39 ms instead of 0.43, a 1 MB layer in 61 us instead of 80); on one thread the
-    matrix-vector product is the better one.
+    `blocks @ x.T`. It is for weights that stream from memory (a decode step reads them all, more
+    than a CPU's cache holds): on few rows MKL's sgemm on the (in, out) weight streams them more
+    slowly than this form, which also lets 2 threads each stream one block. With `one_row` (2
+    threads or more), one row goes this way too (MKL's matrix-vector product runs on one thread);
+    on one thread the matrix-vector product is the better one.
 
     For 9 to 128 rows (decode steps of a server's batches, short prefills) `set_transposed` also
     asks oneDNN to pack the weight its own way (one more copy) and runs those products through it,
-    with the GELU or the residual sum fused into the product: decode steps of 16 rows took 6 to 7%
-    less here, and a reply for 16 contexts at once 7 to 9% less in two paired measurements (284 ms
-    instead of 317, 1 thread; a third showed no difference), while for 2 to 8 rows the two-block
-    form was as fast or faster."""
+    with the GELU or the residual sum fused into the product, which saves a pass over the output;
+    for 2 to 8 rows the two-block form is as fast or faster. bench/chat.py measures the engine
+    these layers make."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, out_in: bool = False):
         self.weight = (weight.t() if out_in else weight).detach().contiguous()

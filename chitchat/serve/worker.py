@@ -25,7 +25,8 @@ import threading
 import time
 from dataclasses import astuple, dataclass
 
-from chitchat.engine.engine import Engine, Reply, WrittenText
+from chitchat.engine.engine import Engine
+from chitchat.engine.replies import Reply, WrittenText
 
 from chitchat.model.sampling import SamplingConfig
 

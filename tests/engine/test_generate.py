@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from chitchat.errors import ChitchatError
-from chitchat.engine.engine import MAX_RESAMPLE, Candidate, Engine, FastGPT2
+from chitchat.engine.engine import MAX_RESAMPLE, Engine
+from chitchat.engine.fast import FastGPT2
+from chitchat.engine.replies import Candidate
+from chitchat.engine.sampler import nucleus_candidates
 from chitchat.model.sampling import SamplingConfig
 from chitchat.model.gpt2 import build_model
 from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, PAD, SEP, SPACE, UNK, load_tokenizer
@@ -232,7 +235,8 @@ def test_repetition_penalty_lowers_seen_tokens_with_negative_logits(engine):
     seen = torch.zeros(1, V)
     seen[0, seen_token] = -math.log(cfg.repetition_penalty)
     processed = logits.clone()
-    engine._choose(processed, 1, torch.zeros(1, 1, dtype=torch.long), seen, cfg, torch.Generator().manual_seed(0))
+    engine.sampler.next_tokens(processed, 1, torch.zeros(1, 1, dtype=torch.long), seen, cfg,
+                               torch.Generator().manual_seed(0))
     after = processed.softmax(-1)[0, seen_token].item()
     assert after < before
     assert after == pytest.approx(before / 1.5, rel=0.01)  # its probability weight divided by the penalty
@@ -411,14 +415,12 @@ def test_replies_for_several_histories_in_one_batch(engine):
 
 
 def test_top_p_keeps_the_smallest_set_holding_p():
-    from chitchat.engine.engine import _nucleus_candidates
-
     logits = torch.randn(3, 8000, generator=torch.Generator().manual_seed(0)) * 4
     order = logits.sort(-1, descending=True).indices
     full = logits.softmax(-1).gather(1, order)
     for p in (0.3, 0.9, 0.999):
         for first in (16, 256, 8000):
-            probs, index = _nucleus_candidates(logits, p, first)
+            probs, index = nucleus_candidates(logits, p, first)
             k = probs.shape[1]
             torch.testing.assert_close(probs, full[:, :k])
             assert torch.equal(index, order[:, :k])

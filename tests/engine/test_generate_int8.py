@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chitchat.engine.engine import FastGPT2, torch_threads
+from chitchat.engine.fast import FastGPT2, torch_threads
 from chitchat.model.gpt2 import build_model
 from chitchat.corpus.normalize import normalize
 from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, SEP, load_tokenizer

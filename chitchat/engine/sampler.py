@@ -1,0 +1,98 @@
+"""Choosing the next token of each row of a batch from the model's logits.
+
+The controls apply in this order: banned tokens, repetition penalty, no-repeat n-grams, temperature,
+top-k, top-p; then a draw from what is left.
+- [PAD], [UNK] and [CLS] are never produced, nor a space as the first token (normalised text never
+  starts with one), nor [SEP] before `min_len` tokens, nor an id beyond the tokenizer's vocabulary.
+- The repetition penalty divides the probability weight of every token already in the reply by
+  `repetition_penalty` (the caller keeps `seen`, -log(penalty) at each such token, added to its
+  logit): the probability of a seen token goes down whatever the sign of its logit. (GPT2-chitchat
+  divides the logit, which raises the probability of a seen token whose logit is negative;
+  `transformers`' sign-aware variant can still raise a seen token's probability when other seen
+  tokens are lowered more.)
+- With top-k, top-p applies within the top k (as `transformers` does).
+- The draw is the exponential race (argmax of p / Exp(1) noise), with noise drawn on the CPU from a
+  CPU generator, so that a seed gives the same replies on every device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from chitchat.model.sampling import SamplingConfig
+
+
+def seed_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with `seed` (None: a random seed)."""
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else seed)
+    return g
+
+
+def nucleus_candidates(logits: torch.Tensor, top_p: float, first: int = 256):
+    """(probabilities, token ids) sorted largest first, enough of them to hold probability `top_p`:
+    the top `first` when they do (topk of a few hundred costs far less than sorting the whole
+    vocabulary). The probabilities are those of the whole distribution."""
+    log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
+    if first < logits.shape[1]:
+        values, index = logits.topk(first, dim=1)
+        probs = (values - log_norm).exp()
+        if bool((probs.sum(dim=1) >= top_p).all()):
+            return probs, index
+    values, index = logits.sort(dim=1, descending=True)
+    return (values - log_norm).exp(), index
+
+
+class Sampler:
+    """Next tokens from raw logits, with the ban masks of one vocabulary made once.
+
+    `vocab_size`: the model's outputs; `known`: the tokenizer's tokens (ids from `known` on are
+    embedding rows no token maps to); `never`: ids never produced; `space_id`: never first (None:
+    no such token); `sep_id`: not before `min_len` tokens."""
+
+    def __init__(self, vocab_size: int, known: int, *, never: list[int], space_id: int | None, sep_id: int,
+                 device: torch.device):
+        self.bans: dict[tuple[bool, bool], torch.Tensor] = {}  # additive logit masks by (first step, before min_len)
+        for first in (False, True):
+            for early in (False, True):
+                m = torch.zeros(vocab_size, device=device)
+                banned = never + ([space_id] if first and space_id is not None else []) + ([sep_id] if early else [])
+                m[banned] = float("-inf")
+                m[known:] = float("-inf")
+                self.bans[first, early] = m
+
+    def next_tokens(self, logits: torch.Tensor, step: int, out: list[list[int]], seen: torch.Tensor | None,
+                    cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
+        """Next token per row (B,) from raw logits (B, V), which are modified in place; `step`: the
+        reply tokens so far; `out`: each row's tokens so far; `seen`: (B, V) repetition penalties
+        to add (None: no penalty)."""
+        logits += self.bans[step == 0, step < cfg.min_len]
+        if seen is not None:
+            logits += seen
+        n = cfg.no_repeat_ngram_size
+        if n and step >= n - 1:
+            for row, toks in enumerate(out):
+                prefix = tuple(toks[step - n + 1:]) if n > 1 else ()
+                banned = [toks[i + n - 1] for i in range(step - n + 1) if tuple(toks[i:i + n - 1]) == prefix]
+                if banned:
+                    logits[row, banned] = float("-inf")
+        if cfg.temperature != 1.0:
+            logits /= cfg.temperature
+        top_p = cfg.top_p if 0 < cfg.top_p < 1 else 0.0
+        if cfg.top_k and cfg.top_k < logits.shape[1]:
+            values, index = logits.topk(cfg.top_k, dim=1)  # sorted, largest first
+            probs = values.softmax(dim=1)
+        elif top_p:
+            probs, index = nucleus_candidates(logits, top_p)
+        else:
+            probs, index = logits.softmax(dim=1), None
+        if top_p:
+            before = probs.cumsum(dim=1) - probs  # probability mass of the better tokens
+            probs = probs.masked_fill(before >= top_p, 0.0)
+        # argmax of p / Exp(1) noise draws index i with probability p_i (the exponential race, as
+        # Gumbel-max); drawn on the CPU with the CPU generator, so that a seed means the same everywhere
+        noise = torch.empty(probs.shape).exponential_(generator=gen).to(probs.device)
+        choice = (probs / noise).argmax(dim=1, keepdim=True)
+        return (choice if index is None else index.gather(1, choice)).squeeze(1)
