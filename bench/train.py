@@ -7,7 +7,7 @@ line is one JSON object:
 
     {"bench": "train", "useful_tokens_per_s": ..., "padding_fraction": ..., "mfu": ...}
 
-FLOPs per step (chitchat.training.trainer.training_flops): 6·N·tokens + 6·n_layer·d·Σℓ², N = the parameters
+FLOPs per step (chitchat.training.report.training_flops): 6·N·tokens + 6·n_layer·d·Σℓ², N = the parameters
 of the transformer blocks, the final layer norm and the LM head matmul (embedding lookups
 excluded), tokens = non-padding positions, ℓ = each window's length (causal attention: QKᵀ and
 AV cost 4·d per visible pair, ℓ²/2 pairs, ×3 for forward + backward). Padding is not counted.
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     if args.data is None and not SHARED.is_dir():
         print(f"bench/train.py: {SHARED} is absent (the shared corpora live beside the project)", file=sys.stderr)
         return 2
-    from chitchat.training.trainer import TrainConfig, train
+    from chitchat.training.config import TrainConfig
+    from chitchat.training.trainer import train
 
     work = Path(tempfile.mkdtemp(prefix="chitchat-bench-train-"))
     try:

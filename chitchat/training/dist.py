@@ -2,11 +2,14 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them training is
 a single process. The backend is gloo on CPU and NCCL on CUDA. Rank 0 alone writes files.
+StopSignals: Ctrl-C or SIGTERM asks every rank to stop at the next step boundary.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 from chitchat.errors import ChitchatError
@@ -86,3 +89,30 @@ def init_distributed(device_type: str) -> DistContext:
     except (RuntimeError, ValueError) as e:
         raise ChitchatError(f"cannot join the process group ({backend}): {str(e).splitlines()[0]}") from None
     return DistContext(rank, world, local_rank, local_world, initialised_here=True)
+
+
+class StopSignals:
+    """Ctrl-C (or SIGTERM, as job schedulers send) sets a flag read at the next step boundary,
+    where the run saves and stops; a second signal interrupts at once (the run still saves the
+    state of the last completed step)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)

@@ -101,3 +101,18 @@ def summary_text(s: dict) -> str:
         f"metrics: {s['metrics']}   plot: {s.get('plot') or '-'}",
     ]
     return "\n".join(lines)
+
+
+def matmul_params(model) -> int:
+    """Parameters that take part in matrix products per token: the transformer blocks, the final
+    layer norm and the LM head (embedding lookups excluded)."""
+    body = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("transformer.wte", "transformer.wpe")))
+    head = model.get_output_embeddings().weight
+    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    return body + (head.numel() if tied else 0)
+
+
+def training_flops(n_matmul: int, n_layer: int, d_model: int, tokens: int, sq_lengths: int) -> float:
+    """6·N·tokens (forward + backward of the matrix products) + causal attention
+    6·n_layer·d·Σℓ² (QKᵀ and AV: 4·d FLOPs per visible pair, ℓ²/2 pairs, ×3 for backward)."""
+    return 6.0 * n_matmul * tokens + 6.0 * n_layer * d_model * sq_lengths

@@ -70,7 +70,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def config(data: Path, out: Path, **kw):
-    from chitchat.training.trainer import TrainConfig
+    from chitchat.training.config import TrainConfig
 
     base = dict(data=data, output=out, preset="tiny", batch_tokens=384, num_threads=1, progress=False, verbose=False)
     base.update(kw)
@@ -155,7 +155,7 @@ def test_fused_loss_equals_transformers_loss_and_gradients(dataset):
 
 
 def test_lr_schedule_warms_up_then_decays_and_follows_the_time_budget():
-    from chitchat.training.trainer import TrainConfig, lr_factor
+    from chitchat.training.config import TrainConfig, lr_factor
 
     cfg = TrainConfig(data=Path("d"), output=Path("o"), warmup_steps=10)
     assert lr_factor(cfg, 0, 100) == pytest.approx(0.1)
@@ -267,7 +267,7 @@ def test_resume_lands_on_the_same_step_and_weights_as_an_uninterrupted_run(datas
 
 def test_resume_before_the_first_checkpoint_starts_the_run(dataset, tmp_path, capsys):
     from chitchat.cli import main
-    from chitchat.training.trainer import RUN_CONFIG
+    from chitchat.training.config import RUN_CONFIG
 
     # what a run killed before its first checkpoint leaves: its settings and a few metrics lines
     run = tmp_path / "killed"
