@@ -6,16 +6,16 @@ from __future__ import annotations
 import inspect
 import re
 import subprocess
-import sys
 
 import pytest
 
 import chitchat
-from chitchat.files import REPO_ROOT
+from support import PYTHON, ROOT, cli_env
 
 
 def _run(code: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+    """`code` in a fresh interpreter of the project's virtualenv, from the checkout's root."""
+    return subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -64,7 +64,7 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def readme_example() -> str:
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "import chitchat" in b]
     assert blocks, "README.md has no ```python block with `import chitchat`"
     return blocks[0]
