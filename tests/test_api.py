@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 import chitchat
+from chitchat.cli import COMMANDS, build_parser
 from support import PYTHON, ROOT, cli_env
 
 
@@ -82,3 +83,14 @@ def test_readme_example_replies_with_the_shipped_model():
     reply = done.stdout.strip()
     assert reply, done.stderr
     assert re.search(r"[\u4e00-\u9fff]", reply), reply  # a Chinese reply, not a repr or a number
+
+
+def test_readme_command_examples_parse():
+    # The table of commands: one example per command, each accepted by that command's parser.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    examples = dict(re.findall(r"^\| `([\w-]+)` \|.*\| `chitchat \1 ([^`]*)` \|$", text, flags=re.M))
+    assert set(examples) >= set(COMMANDS) - {"vocab"}, sorted(examples)
+    for command, args in examples.items():
+        args = args.split()
+        parsed = build_parser(command).parse_args([command, *args])
+        assert parsed.command == command
