@@ -51,6 +51,10 @@ SLOW_TESTS = frozenset({
     "test_a_client_leaving_mid_stream_frees_its_place",
     "test_the_serve_command",
     "test_openapi_fuzz_finds_no_server_error",
+    "test_serve_command_errors_are_one_line",
+    "test_idle_slow_and_surplus_connections_are_closed",
+    "test_session_ids_never_reach_the_access_log",
+    "test_the_serve_command_refuses_such_a_key_in_one_line",
 })
 
 # A test (or one of its fixtures) that reads the real corpora beside the project (../shared/corpora):
