@@ -34,7 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chitchat.recipe.recipe import MACHINE, RecipeConfig, StageConfig, export_model, run_recipe  # noqa: E402
+import torch  # noqa: E402
+
+from chitchat.cli import main  # noqa: E402
+from chitchat.eval.evaluate import char_perplexity  # noqa: E402
+from chitchat.recipe.recipe import MACHINE, RecipeConfig, StageConfig, _train_argv, export_model, run_recipe  # noqa: E402
 
 # name -> (model config, pre-training lr); every variant pre-trains with the same batch
 VARIANTS = {
@@ -69,9 +73,6 @@ def link_prepared(src: Path, work: Path) -> None:
 
 def probe(cfg: RecipeConfig, seconds: float, out: Path) -> None:
     """Pre-training for `seconds`: metrics.jsonl gives the steps per second."""
-    from chitchat.cli import main
-    from chitchat.recipe.recipe import _train_argv
-
     stage = replace(cfg.pretrain, steps=10 ** 6, eval_every=10 ** 6, time_limit=seconds)
     argv = _train_argv(cfg, stage, cfg.work / "data" / "pretrain", out, mmi=False, init_from=None)
     argv = [a for a in argv if a != "--resume"] + ["--log-every", "5"]
@@ -186,10 +187,6 @@ def main() -> None:
     print(f"trained ({time.time() - t1:.0f} s): {codes}", flush=True)
 
     # 3. score every dialogue model: teacher-forced per-character perplexity, every case
-    from chitchat.eval.evaluate import char_perplexity
-
-    import torch
-
     valid = str(base.corpora / base.valid_source.path)
     scoring = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     results = []

@@ -21,7 +21,6 @@ recipe on tiny sources in seconds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,12 +28,20 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
+from chitchat.cli import main
+from chitchat.corpus.readers import chatterbot_files
 from chitchat.errors import ChitchatError
-from chitchat.files import REPO_ROOT, sha256_file
+from chitchat.eval.evaluate import char_perplexity
+from chitchat.files import REPO_ROOT, atomic_write, sha256_file
 from chitchat.model.default import MANIFEST
+from chitchat.model.gpt2 import load_model, save_model
+from chitchat.options import add_options, option, options_from_args
+from chitchat.training.checkpoint import commit_dir, new_partial_dir, recover_dir
 
 MACHINE = "machine.json"  # in each training run: the machine it trained on
 
@@ -70,9 +77,12 @@ class StageConfig:
 
 @dataclass
 class RecipeConfig:
-    output: Path = REPO_ROOT / "models" / "default"
-    work: Path = REPO_ROOT / "runs" / "recipe"
-    corpora: Path = REPO_ROOT.parent / "shared" / "corpora"
+    output: Path = option(REPO_ROOT / "models" / "default", metavar="DIR",
+                          help="where the model goes (dialogue/, mmi/, TRAINED_ON.json, README.md)")
+    work: Path = option(REPO_ROOT / "runs" / "recipe", metavar="DIR",
+                        help="datasets, training runs and the evaluation (a stopped run resumes here)")
+    corpora: Path = option(REPO_ROOT.parent / "shared" / "corpora", metavar="DIR",
+                           help="folder holding the open corpora (open/, kdconv/)")
     pretrain_sources: tuple[Source, ...] = (SMILE,)
     chitchat_sources: tuple[Source, ...] = (CPED_TRAIN, XPERSONA, KDCONV, CHATTERBOT)
     valid_source: Source = CPED_VALID
@@ -88,17 +98,15 @@ class RecipeConfig:
     dialogue: StageConfig = field(default_factory=lambda: StageConfig(steps=600, lr=3e-4, warmup_steps=20, eval_every=50))
     mmi: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=3e-4, warmup_steps=20, eval_every=50))
     seed: int = 1
-    threads: int | None = None
-    device: str | None = None       # training device (cpu, cuda, ...); None: cuda if available, else cpu
+    threads: int | None = option(None, metavar="N", help="CPU threads for training (none: every core)")
+    device: str | None = option(None, help="training device: cpu, cuda, cuda:N (none: cuda if available, else cpu)")
     eval_limit: int | None = None   # None: every case of the validation file
-    progress: bool | None = None
+    progress: bool | None = option(None, help="progress bars (none: only on a terminal)")
 
 
 def source_files(cfg: RecipeConfig, src: Source) -> list[Path]:
     """The files of one source; a missing one is a one-line error naming it and its origin."""
     if src.path.startswith("chatterbot:"):
-        from chitchat.corpus.readers import chatterbot_files
-
         return chatterbot_files(src.path)
     path = cfg.corpora / src.path
     if not path.exists():
@@ -112,8 +120,6 @@ def _inputs(cfg: RecipeConfig, sources) -> list[str]:
 
 
 def _run(argv: list[str], say) -> None:
-    from chitchat.cli import main
-
     say("$ chitchat " + " ".join(shlex.quote(a) for a in argv))
     code = main(argv)
     if code:
@@ -155,19 +161,15 @@ def _train_argv(cfg: RecipeConfig, stage: StageConfig, data: Path, out: Path, *,
 
 
 def export_model(run_best: Path, dest: Path, *, fp16: bool = True) -> None:
-    """A trained model into a clean Hugging Face directory, weights stored in fp16 (loaded as fp32)."""
-    import torch
-
-    from chitchat.model.gpt2 import load_model, save_model
-
+    """A trained model into a clean Hugging Face directory, weights stored in fp16 (loaded as fp32);
+    replaced as a whole, like a checkpoint (chitchat.training.checkpoint.commit_dir)."""
     model, tok = load_model(run_best)
     if fp16:
         model = model.to(torch.float16)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tok, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    recover_dir(dest)
+    partial = new_partial_dir(dest)
+    save_model(model, tok, partial)
+    commit_dir(partial, dest)
 
 
 def model_files(root: Path) -> dict[str, str]:
@@ -204,10 +206,10 @@ def run_recipe(cfg: RecipeConfig, say=print, until: str | None = None) -> dict |
             fn()
         except BaseException:  # a stopped stage: its time so far counts towards its total
             log[name] = {"done": False, "seconds_before": round(time.time() - t0 + before, 1)}
-            log_path.write_text(json.dumps(log, indent=2), encoding="utf-8")
+            atomic_write(log_path, json.dumps(log, indent=2))
             raise
         log[name] = {"done": True, "seconds": round(time.time() - t0 + before, 1), **({"target": target} if target else {})}
-        log_path.write_text(json.dumps(log, indent=2), encoding="utf-8")
+        atomic_write(log_path, json.dumps(log, indent=2))
 
     sources = {"pretrain": cfg.pretrain_sources, "chitchat": cfg.chitchat_sources, "valid": (cfg.valid_source,)}
     prepared = all(log.get(k, {}).get("done") for k in ("vocab", *(f"preprocess-{n}" for n in sources)))
@@ -275,8 +277,6 @@ def run_recipe(cfg: RecipeConfig, say=print, until: str | None = None) -> dict |
 
 
 def _machine() -> dict:
-    import torch
-
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
@@ -339,8 +339,6 @@ GUARD_CASES = 300  # tests/test_default_model.py: the shipped model keeps this f
 def guard_figure(cfg: RecipeConfig) -> dict:
     """Teacher-forced per-character perplexity of the shipped dialogue model on the first GUARD_CASES
     cases of the validation file: a check that runs in seconds."""
-    from chitchat.eval.evaluate import char_perplexity
-
     data = _inputs(cfg, [cfg.valid_source])
     ppl, cases = char_perplexity(cfg.output / "dialogue", data, limit=GUARD_CASES)
     return {"data": cfg.valid_source.path, "cases": cases, "perplexity_char": ppl}
@@ -437,25 +435,16 @@ wrong or inappropriate reply matters.
 
 
 def add_arguments(p) -> None:
-    d = RecipeConfig()
-    p.add_argument("--output", type=Path, default=d.output, help="where the model goes (dialogue/, mmi/, TRAINED_ON.json, README.md)")
-    p.add_argument("--work", type=Path, default=d.work, help="datasets, training runs and the evaluation (a stopped run resumes here)")
-    p.add_argument("--corpora", type=Path, default=d.corpora, help="folder holding the open corpora (open/, kdconv/)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: every core)")
-    p.add_argument("--device", help="training device: cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    add_options(p, RecipeConfig)
     p.add_argument("--until", choices=STAGES, help="stop after this stage: preprocess (to train on another machine), "
                    "train, export or eval")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    cfg = replace(RecipeConfig(), output=args.output, work=args.work, corpora=args.corpora, threads=args.threads,
-                  device=args.device, progress=False if args.no_progress else None)
+    cfg = options_from_args(RecipeConfig, args)
     run_recipe(cfg, say=lambda text: print(text, flush=True), until=args.until)
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from chitchat.cli import main
-
     sys.exit(main(["default-model", *sys.argv[1:]]))

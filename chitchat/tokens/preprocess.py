@@ -11,17 +11,19 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from chitchat.tokens.dataset import FORMAT_VERSION, DatasetWriter, commit_dataset_dir, new_dataset_dir, token_dtype, write_split
 from chitchat.errors import ChitchatError
 from chitchat.corpus.normalize import normalize
-from chitchat.corpus.readers import FORMATS, Dialogue, ReadStats, RowColumns, read_corpus
+from chitchat.corpus.readers import FORMATS, Dialogue, ReadStats, RowColumns, expand_inputs, expand_pairs, read_corpus
+from chitchat.options import add_options, option, options_from_args
 from chitchat.tokens.sequences import build_windows
 from chitchat.tokens.tokenizer import (CLS, DEFAULT_VOCAB, SEP, UNK, ensure_normalizer, load_tokenizer, plain_encoder,
                                 tokenizer_tokens, vocab_hash)
@@ -31,15 +33,21 @@ BATCH_DIALOGUES = 512
 
 @dataclass
 class PreprocessConfig:
-    inputs: list[str]
-    output: Path
-    format: str | None = None
-    max_len: int = 256
-    valid_fraction: float | None = 0.05
-    valid_count: int | None = None
-    seed: int = 42
-    vocab: str = str(DEFAULT_VOCAB)
-    progress: bool | None = None  # None: only on a TTY
+    inputs: list[str] = option(flag="INPUT", nargs="*", help="corpus files (.gz/.bz2/.xz/.zip too), folders, globs, "
+                               "or chatterbot:LANG[.TOPIC] (e.g. chatterbot:chinese)")
+    output: Path = option(aliases=("-o",), metavar="DIR",
+                          help="dataset directory to write (replaced if it is a dataset)")
+    format: str | None = option(None, choices=FORMATS, help="input format for every input "
+                                "(none: detected per file from extension and content)")
+    max_len: int = option(256, metavar="N", help="tokens per training window, [CLS] and [SEP]s included")
+    valid_fraction: float | None = option(0.05, metavar="F", help="share of dialogues for validation")
+    valid_count: int | None = option(None, metavar="N", help="number of dialogues for validation "
+                                     "(instead of --valid-fraction)")
+    seed: int = option(42, metavar="N", help="seed of the train/valid split")
+    vocab: str = option(str(DEFAULT_VOCAB), metavar="PATH",
+                        help="vocab.txt or a model directory whose tokenizer to use")
+    progress: bool | None = option(None, help="progress bar (none: only on a terminal)")
+    # on the command line: --pair POSTS REPLIES, --id-column, --text-column, --speaker-column
     pairs: list[tuple[str, str]] = field(default_factory=list)  # explicit line-aligned files
     columns: RowColumns = field(default_factory=RowColumns)  # of the one-utterance-per-row layout
 
@@ -119,8 +127,6 @@ def batched(items: Iterable, n: int) -> Iterator[list]:
 
 
 def _progress(enabled: bool | None):
-    from tqdm import tqdm
-
     disable = not sys.stderr.isatty() if enabled is None else not enabled
     return tqdm(unit=" dialogues", desc="preprocess", disable=disable, file=sys.stderr)
 
@@ -147,7 +153,7 @@ def choose_valid(n: int, fraction: float | None, count: int | None, seed: int) -
     if n < 2 or (count is not None and count <= 0) or (count is None and not fraction):
         return np.zeros(0, np.int64)
     size = min(count, n - 1) if count is not None else min(max(1, round(fraction * n)), n - 1)
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # heavy: only once the corpus is read
 
     _, valid = train_test_split(np.arange(n, dtype=np.int64), test_size=size, random_state=seed, shuffle=True)
     return np.sort(valid)
@@ -166,8 +172,6 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         raise ChitchatError(f"--max-len {cfg.max_len} is too small (at least 4)")
     if cfg.valid_fraction is not None and not 0 <= cfg.valid_fraction < 1:
         raise ChitchatError(f"--valid-fraction {cfg.valid_fraction} must be in [0, 1)")
-    from chitchat.corpus.readers import expand_inputs, expand_pairs
-
     paths = expand_inputs(cfg.inputs)  # fail early on missing inputs, before any output exists
     pairs = expand_pairs(cfg.pairs)
     sources = paths + [p for pair in pairs for p in pair]
@@ -251,41 +255,30 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
     return summary
 
 
+_SPLIT = ("valid_fraction", "valid_count")
+
+
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="corpus files (.gz/.bz2/.xz/.zip too), folders, globs, or chatterbot:LANG[.TOPIC] (e.g. chatterbot:chinese)")
-    p.add_argument("--output", "-o", required=True, type=Path, help="dataset directory to write (replaced if it is a dataset)")
-    p.add_argument("--format", choices=FORMATS,
-                   help="input format for every input (default: detected per file from extension and content)")
-    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("POSTS", "REPLIES"),
+    add_options(p, PreprocessConfig, skip=_SPLIT)
+    add_options(p.add_mutually_exclusive_group(), PreprocessConfig,
+                skip=tuple(f.name for f in fields(PreprocessConfig) if f.name not in _SPLIT))
+    p.add_argument("--pair", nargs=2, action="append", metavar=("POSTS", "REPLIES"),
                    help="two line-aligned files read as one corpus (line i of each is one exchange); "
                         "X.post/X.response, X.src/X.tgt, X.source/X.target among the inputs are paired by name")
-    p.add_argument("--id-column", help="dialogue-id column of one-utterance-per-row files "
-                                       "(default: Dialogue_ID, dialog_id, conv_id, conversation_id or session_id)")
-    p.add_argument("--text-column", help="text column of one-utterance-per-row files "
-                                         "(default: Utterance, text, content or message)")
-    p.add_argument("--speaker-column", help="speaker column of one-utterance-per-row files "
-                                            "(default: Speaker, speaker_id, role or sender, if present)")
-    p.add_argument("--max-len", type=int, default=256, help="tokens per training window, [CLS] and [SEP]s included (default 256)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--valid-fraction", type=float, default=None, help="share of dialogues for validation (default 0.05)")
-    g.add_argument("--valid-count", type=int, default=None, help="number of dialogues for validation")
-    p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
-    p.add_argument("--vocab", default=str(DEFAULT_VOCAB),
-                   help="vocab.txt or a model directory whose tokenizer to use (default vocab/vocab.txt)")
+    p.add_argument("--id-column", metavar="NAME", help="dialogue-id column of one-utterance-per-row files "
+                                       "(none: Dialogue_ID, dialog_id, conv_id, conversation_id or session_id)")
+    p.add_argument("--text-column", metavar="NAME", help="text column of one-utterance-per-row files "
+                                         "(none: Utterance, text, content or message)")
+    p.add_argument("--speaker-column", metavar="NAME", help="speaker column of one-utterance-per-row files "
+                                            "(none: Speaker, speaker_id, role or sender, if present)")
     p.add_argument("--mmi", action="store_true",
                    help="accepted for compatibility: the reversed (MMI) sequences are always written")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    fraction = args.valid_fraction if args.valid_fraction is not None else (None if args.valid_count is not None else 0.05)
-    cfg = PreprocessConfig(
-        inputs=args.inputs, output=args.output, format=args.format, max_len=args.max_len,
-        valid_fraction=fraction, valid_count=args.valid_count, seed=args.seed, vocab=args.vocab,
-        progress=False if args.no_progress else None, pairs=[tuple(p) for p in args.pair],
-        columns=RowColumns(args.id_column, args.text_column, args.speaker_column),
-    )
+    cfg = options_from_args(
+        PreprocessConfig, args, valid_fraction=None if args.valid_count is not None else args.valid_fraction,
+        pairs=[tuple(p) for p in args.pair or ()], columns=RowColumns(args.id_column, args.text_column, args.speaker_column))
     if not cfg.inputs and not cfg.pairs:
         raise ChitchatError("no input: give corpus files or folders, or --pair POSTS REPLIES")
     summary = preprocess(cfg)

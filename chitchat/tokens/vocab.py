@@ -4,10 +4,12 @@ characters of the given corpora, then the most frequent characters of jieba's di
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from chitchat.corpus.normalize import normalize
 from chitchat.corpus.readers import ReadStats, read_corpus
+from chitchat.options import add_options, option, options_from_args
 from chitchat.tokens.tokenizer import DEFAULT_SIZE, DEFAULT_VOCAB, MAX_VOCAB, build_vocab, write_vocab
 
 
@@ -20,21 +22,32 @@ def corpus_char_counts(inputs: list[str], fmt: str | None = None) -> tuple[Count
     return counts, stats
 
 
-def add_arguments(p) -> None:
-    p.add_argument("corpora", nargs="*", metavar="CORPUS", help="corpora whose characters must be in the vocabulary")
-    p.add_argument("--output", "-o", type=Path, default=DEFAULT_VOCAB, help="vocab.txt to write")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"number of entries (at most {MAX_VOCAB})")
-    p.add_argument("--min-count", type=int, default=1, help="corpus characters seen fewer times are left to the general list")
-    p.add_argument("--format", default=None, help="input format of the corpora (default: detected)")
+@dataclass
+class VocabConfig:
+    corpora: list[str] = option(flag="CORPUS", nargs="*",
+                                help="corpora whose characters must be in the vocabulary")
+    output: Path = option(DEFAULT_VOCAB, aliases=("-o",), metavar="PATH", help="vocab.txt to write")
+    size: int = option(DEFAULT_SIZE, metavar="N", help=f"number of entries (at most {MAX_VOCAB})")
+    min_count: int = option(1, metavar="N", help="corpus characters seen fewer times are left to the general list")
+    format: str | None = option(None, help="input format of the corpora (none: detected)")
 
 
-def run(args) -> int:
-    counts, stats = corpus_char_counts(args.corpora, args.format) if args.corpora else (Counter(), ReadStats())
-    tokens = build_vocab(counts, size=args.size, min_corpus_count=args.min_count)
-    write_vocab(tokens, args.output)
+def build_vocab_file(cfg: VocabConfig) -> str:
+    """Write the vocabulary; returns the line that reports it."""
+    counts, stats = corpus_char_counts(cfg.corpora, cfg.format) if cfg.corpora else (Counter(), ReadStats())
+    tokens = build_vocab(counts, size=cfg.size, min_corpus_count=cfg.min_count)
+    write_vocab(tokens, cfg.output)
     known = set(tokens)
     covered = sum(n for ch, n in counts.items() if ch in known)
     total = sum(counts.values())
     extra = f"; covers {100 * covered / total:.3f}% of {total} corpus characters" if total else ""
-    print(f"wrote {args.output}: {len(tokens)} entries{extra}")
+    return f"wrote {cfg.output}: {len(tokens)} entries{extra}"
+
+
+def add_arguments(p) -> None:
+    add_options(p, VocabConfig)
+
+
+def run(args) -> int:
+    print(build_vocab_file(options_from_args(VocabConfig, args)))
     return 0
