@@ -90,7 +90,7 @@ class RecipeConfig:
     max_len: int = 256
     # 8 x 256 (7.9 M parameters), pre-trained on 62.7 M tokens (2 epochs of SMILE) in batches of 32,768
     # positions, the chitchat stages at lr 3e-4: the best of 10 variants of a sweep at equal time on one
-    # GPU (bench/recipe_sweep.py; README, "The default model"). On 2 CPU cores the same steps take about 8 hours.
+    # GPU (bench/recipe_sweep.py; README, "The default model").
     preset: str = "small"
     model_config: dict = field(default_factory=lambda: {"n_layer": 8, "n_embd": 256, "n_head": 4, "n_positions": 256})
     # the chitchat stages start from pre-training's last step; each keeps its best step on CPED valid

@@ -24,6 +24,8 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from chitchat.errors import ChitchatError
 
 STATE_JSON = "training_state.json"
@@ -81,7 +83,11 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _promote(tmp: Path, dest: Path) -> None:
-    """`tmp` (complete) becomes `dest`; the previous `dest` is removed."""
+    """`tmp` (complete) becomes `dest`; the previous `dest` is removed.
+
+    Not chitchat.files.atomic_path: that replaces one file by a rename, but a rename cannot replace a
+    non-empty directory, and a checkpoint is a directory whose files must change together; hence the
+    exchange, and the `.new`/`.old` names that `recover_dir` understands after a crash."""
     new, old = _aside(dest, "new"), _aside(dest, "old")
     for stale in (new, old):
         if stale.exists():
@@ -121,21 +127,15 @@ def recover_dir(dest: Path) -> None:
 
 
 def save_training_state(path: Path, state: dict, optimizer_state: dict) -> None:
-    import torch
-
     torch.save({"optimizer": optimizer_state}, path / STATE_PT)
     (path / STATE_JSON).write_text(json.dumps({"version": STATE_VERSION, **state}, indent=2), encoding="utf-8")
 
 
 def save_rng_state(path: Path, rank: int, rng: dict) -> None:
-    import torch
-
     torch.save(rng, path / f"rng_state_{rank}.pt")
 
 
 def capture_rng() -> dict:
-    import torch
-
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -143,8 +143,6 @@ def capture_rng() -> dict:
 
 
 def restore_rng(rng: dict) -> None:
-    import torch
-
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -167,8 +165,6 @@ def read_training_state(path: Path) -> dict:
 
 
 def _load_pt(f: Path):
-    import torch
-
     if not f.is_file():
         raise ChitchatError(f"{f.parent}: checkpoint incomplete (no {f.name})")
     try:

@@ -12,6 +12,9 @@ import signal
 import threading
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
+
 from chitchat.errors import ChitchatError
 
 
@@ -33,29 +36,21 @@ class DistContext:
 
     def barrier(self) -> None:
         if self.enabled:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def sum_(self, tensor):
         """In-place sum over ranks (a no-op in a single process)."""
         if self.enabled:
-            import torch.distributed as dist
-
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
     def max_(self, tensor):
         if self.enabled:
-            import torch.distributed as dist
-
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor
 
     def close(self) -> None:
         if self.initialised_here:
-            import torch.distributed as dist
-
             if dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -75,14 +70,10 @@ def init_distributed(device_type: str) -> DistContext:
     rank, world, local_rank, local_world = env_world()
     if world <= 1:
         return DistContext()
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, local_world)
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        import torch
-
         torch.cuda.set_device(local_rank)
     try:
         dist.init_process_group(backend=backend)

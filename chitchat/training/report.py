@@ -54,7 +54,7 @@ def plot_losses(run_dir: Path, title: str = "") -> Path | None:
     if not train and not valid:
         return None
     try:
-        from matplotlib.figure import Figure  # no pyplot: headless, no global backend change
+        from matplotlib.figure import Figure  # heavy, only to plot; no pyplot: headless, no global backend change
     except ImportError:
         print("warning: matplotlib is not installed; no loss.png (pip install matplotlib)", file=sys.stderr)
         return None

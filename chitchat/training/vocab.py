@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from chitchat.tokens.tokenizer import UNK, build_tokenizer, tokenizer_tokens, vocab_hash
 
@@ -67,8 +68,6 @@ def align_vocab(model_tokenizer, dataset_tokenizer, counts: np.ndarray, extend: 
 
 def extend_embeddings(model, new_size: int) -> None:
     """Grow the (tied) embeddings to `new_size` rows; new rows = mean of the old ones."""
-    import torch
-
     old = model.get_input_embeddings().weight.shape[0]
     if new_size <= old:
         return
