@@ -15,8 +15,8 @@ COMMANDS = {
     "vocab": ("chitchat.tokens.vocab", "build the character vocabulary (vocab.txt)"),
     "chat": ("chitchat.chat.repl", "chat in the terminal (with the shipped default model unless --model)"),
     "train": ("chitchat.training.cli", "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
-    "eval": ("chitchat.eval.evaluate", "score models on a dialogue dataset (perplexity, BLEU, distinct-n, F1, ...)"),
-    "serve": ("chitchat.serve.app", "serve the bot over HTTP (FastAPI on uvicorn), with a chat page at /"),
+    "eval": ("chitchat.eval.cli", "score models on dialogues (perplexity, BLEU, distinct-n, coherence) and response selection"),
+    "serve": ("chitchat.serve.command", "serve the bot over HTTP (FastAPI on uvicorn), with a chat page at /"),
     "default-model": ("chitchat.recipe.recipe", "rebuild the shipped default model from open corpora (the recipe)"),
 }
 

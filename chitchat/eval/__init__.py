@@ -1,1 +1,2 @@
-"""Scoring models on a dialogue dataset: perplexity, overlap and diversity metrics, the report."""
+"""Scoring models: perplexity, overlap and diversity metrics of generated replies, coherence (the true
+reply among distractors), response selection (Douban layout), the report (`chitchat eval`)."""

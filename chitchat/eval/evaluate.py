@@ -1,78 +1,37 @@
-"""Batch evaluation of dialogue models on a dialogue dataset: `chitchat eval`.
+"""Batch evaluation of dialogue models: `chitchat eval` (the command line is `chitchat.eval.cli`).
 
-Every reply position of every dialogue (or, with `--last-turn-only`, the last one) is a test case:
-the preceding utterances (at most `max_history_len`, then bounded by tokens exactly as the chat
-bounds them) are the context, the actual utterance the reference. Per model it measures the
-teacher-forced perplexity of the references and, on generated replies, the metrics of
-`chitchat.eval.metrics`. Generation is batched across cases (left padding, one cache) by the same
-engine the chat uses. With an MMI model and `--compare-mmi`, the same sampled candidates are
-ranked both ways, so the two columns differ only by the ranking.
+On dialogue data (`data`), every reply position of every dialogue (or, with `last_turn_only`, the
+last one) is a test case (`chitchat.eval.cases`). Per model it measures the teacher-forced
+perplexity of the references and, on generated replies, the metrics of `chitchat.eval.metrics`;
+generation is batched across cases (left padding, one cache) by the same engine the chat uses. With
+an MMI model and `compare_mmi`, the same sampled candidates are ranked both ways, so the two columns
+differ only by the ranking. Coherence (`negatives`, `chitchat.eval.coherence`) ranks each true reply
+among replies of other dialogues; response selection (`selection`, `chitchat.eval.selection`) ranks
+a Douban-layout file's own candidates; both by every scoring of `chitchat.eval.ranking.SCORINGS`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from chitchat.errors import ChitchatError
-from chitchat.files import sha256_file
+from chitchat.corpus.readers import ReadStats, expand_inputs
 from chitchat.engine.engine import Engine
-from chitchat.model.sampling import SamplingConfig
+from chitchat.errors import ChitchatError
+from chitchat.eval.cases import DEFAULT_MAX_HISTORY, Case, EvalConfig, build_cases, cases_from, read_dialogues
+from chitchat.eval.coherence import coherence, draw_negatives
 from chitchat.eval.metrics import char_f1, chars, perplexity, repeats_3gram, reply_metrics
-from chitchat.corpus.normalize import normalize
-from chitchat.corpus.readers import ReadStats, expand_inputs, read_corpus
-from chitchat.engine.settings import ChatSettings
+from chitchat.eval.report import write_outputs
+from chitchat.eval.scoring import reference_nll
+from chitchat.eval.selection import read_selection_file, selection, usable_groups
+from chitchat.files import sha256_file
 
-DEFAULT_MAX_HISTORY = ChatSettings.max_history_len  # the context the chat's bot sees
-
-
-@dataclass
-class EvalConfig:
-    models: list[str]
-    data: list[str]
-    output: Path
-    mmi_model: str | None = None
-    compare_mmi: bool = False
-    limit: int | None = None
-    seed: int = 42
-    batch_size: int = 32
-    last_turn_only: bool = False
-    max_history_len: int = DEFAULT_MAX_HISTORY
-    format: str | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    int8: bool = False
-    device: str = "cpu"
-    threads: int | None = None  # torch threads; None: torch's default (every core), right for a batch job
-    progress: bool | None = None
-
-
-@dataclass
-class Case:
-    context: list[str]
-    reference: str
-    source: str
-
-
-def build_cases(cfg: EvalConfig, stats: ReadStats) -> list[Case]:
-    """Test cases from the dataset files, normalised; empty utterances dropped."""
-    cases: list[Case] = []
-    for d in read_corpus(cfg.data, stats, cfg.format):
-        utts = [u for u in (normalize(x) for x in d.utterances) if u]
-        if len(utts) < 2:
-            stats.skip("fewer_than_2_utterances", d.source)
-            continue
-        positions = [len(utts) - 1] if cfg.last_turn_only else range(1, len(utts))
-        for i in positions:
-            cases.append(Case(utts[max(0, i - cfg.max_history_len):i], utts[i], f"{d.source}/{i}"))
-            if cfg.limit is not None and len(cases) >= cfg.limit:
-                return cases
-    return cases
+__all__ = ["Case", "EvalConfig", "build_cases", "char_perplexity", "evaluate", "run_model"]
 
 
 def model_hash(model_dir: str) -> str:
@@ -83,28 +42,6 @@ def model_hash(model_dir: str) -> str:
         if (d / name).is_file():
             h.update(sha256_file(d / name).encode())
     return h.hexdigest()[:16]
-
-
-def reference_nll(engine: Engine, cases: list[Case], batch_size: int) -> tuple[list[tuple[float, int]], int]:
-    """(total NLL, token count) of each reference (its closing [SEP] included) given its context,
-    bounded like the chat's, teacher-forced, in right-padded batches; and how many references were
-    cut to half the model's positions to leave room for context."""
-    cap = engine.n_positions // 2
-    seqs, starts, truncated = [], [], 0
-    for c in cases:
-        ref = engine.encode(c.reference)
-        truncated += len(ref) > cap
-        ref = ref[:cap]
-        context = engine.context_ids(engine.fit_history([engine.encode(u) for u in c.context], len(ref) + 1))
-        seqs.append(context + ref + [engine.sep_id])
-        starts.append(len(context))
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        means = engine.fast.sequence_nll(seqs[i:i + batch_size], starts[i:i + batch_size], engine.pad_id).tolist()
-        for mean, seq, start in zip(means, seqs[i:i + batch_size], starts[i:i + batch_size]):
-            n = len(seq) - start
-            out.append((mean * n, n))
-    return out, truncated
 
 
 def char_perplexity(model_dir: str | Path, data: list[str], limit: int | None = None,
@@ -131,7 +68,7 @@ def run_model(engine: Engine, cases: list[Case], cfg: EvalConfig, use_mmi: bool)
     """Replies of one model for every case, sampled in batches of `cfg.batch_size` cases (cases of
     similar context length together, left-padded, one cache). The candidates are ranked by MMI when
     `use_mmi`, and always also by the dialogue model's likelihood, so that with `--compare-mmi` both
-    columns rank the very same candidates. Returns the chosen replies per ranking, the candidates,
+    columns rank the very same candidates. Returns the chosen candidate per ranking, the replies,
     the sampling rounds of each case and the seconds spent."""
     import torch
 
@@ -151,83 +88,126 @@ def run_model(engine: Engine, cases: list[Case], cfg: EvalConfig, use_mmi: bool)
     seconds = time.perf_counter() - started
     chosen = {True: [], False: []}
     for reply in replies:
-        chosen[use_mmi].append(reply.text)
+        chosen[use_mmi].append(reply.candidates[reply.chosen])
         if use_mmi:  # the same candidates, ranked by the dialogue model's likelihood
             idx, _ = Engine.choose(reply.candidates, False)
-            chosen[False].append(reply.candidates[idx].text)
+            chosen[False].append(reply.candidates[idx])
     return {"chosen": chosen, "replies": replies, "seconds": seconds}
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    cfg.sampling.validate()
-    if not cfg.models:
-        raise ChitchatError("give at least one --model")
-    if cfg.compare_mmi and not cfg.mmi_model:
-        raise ChitchatError("--compare-mmi needs --mmi-model")
-    stats, skipped = ReadStats(), Counter()
-    cases = build_cases(cfg, stats)
-    for message in stats.errors:
-        print(f"error: {message}", file=sys.stderr)
-    engines = [Engine.load(m, cfg.mmi_model, int8=cfg.int8, device=cfg.device, threads=cfg.threads)
-               for m in cfg.models]
-    # a reference made only of characters no model knows tells nothing: skip it, counted
+def _generation(name: str, engine: Engine, cases: list[Case], cfg: EvalConfig, systems: dict,
+                per_case: list[dict]) -> float | None:
+    """Perplexity and generated-reply metrics of one model into `systems` and `per_case`; returns
+    cases generated per second."""
+    use_mmi = bool(cfg.mmi_model)
+    modes = [False, True] if cfg.compare_mmi else [use_mmi]
+    refs = [c.reference for c in cases]
+    n_chars = sum(len(chars(r)) for r in refs)
+    nll, truncated = reference_nll(engine, cases, cfg.batch_size)
+    total_nll, tokens = sum(n for n, _ in nll), sum(t for _, t in nll)
+    result = run_model(engine, cases, cfg, use_mmi)
+    resampled = sum(reply.attempts > 1 for reply in result["replies"])
+    for m in modes:
+        system = f"{name} +mmi" if m else name
+        picked = result["chosen"][m]
+        hyps = [c.text for c in picked]
+        systems[system] = {
+            "model": engine.model_path, "ranking": "mmi" if m else "likelihood",
+            "perplexity_token": perplexity(total_nll, tokens),
+            "perplexity_char": perplexity(total_nll, n_chars),
+            **reply_metrics(hyps, refs),
+            "cut_rate": sum(not c.finished for c in picked) / len(picked),
+            "resampled_rate": resampled / len(cases), "references_truncated": truncated,
+        }
+        for k, (c, r) in enumerate(zip(picked, refs)):
+            per_case[k]["systems"][system] = {"reply": c.text, "f1_char": char_f1(c.text, r),
+                                              "len_chars": len(chars(c.text)), "repeat_3gram": repeats_3gram(c.text),
+                                              "cut": not c.finished}
+    for k, (reply, (n, t)) in enumerate(zip(result["replies"], nll)):
+        per_case[k]["models"][name] = {"candidates": [c.to_dict() for c in reply.candidates],
+                                       "sampling_rounds": reply.attempts, "reference_nll_per_token": n / t}
+    return len(cases) / result["seconds"] if result["seconds"] else None
+
+
+def _usable_cases(cases: list[Case], engines: list[Engine], skipped: Counter) -> list[Case]:
+    """A reference made only of characters no model knows tells nothing: skipped, counted."""
     usable = []
     for c in cases:
         if all(all(i == e.unk_id for i in e.encode(c.reference)) for e in engines):
             skipped["reference_all_unknown"] += 1
         else:
             usable.append(c)
-    cases = usable
-    if not cases:
+    return usable
+
+
+def evaluate(cfg: EvalConfig) -> tuple[dict, dict]:
+    """Run every part `cfg` asks for, write the report files; returns the report and the generation
+    speed (cases per second) per model."""
+    cfg.sampling.validate()
+    if not cfg.models:
+        raise ChitchatError("give at least one --model")
+    if cfg.compare_mmi and not cfg.mmi_model:
+        raise ChitchatError("--compare-mmi needs --mmi-model")
+    if not cfg.data and not cfg.selection:
+        raise ChitchatError("give --data (dialogues), --selection (a response-selection file), or both")
+    if cfg.negatives < 0:
+        raise ChitchatError(f"--negatives {cfg.negatives} must be 0 (off) or more")
+    stats, skipped, sel_skipped = ReadStats(), Counter(), Counter()
+    dialogues, sources = read_dialogues(cfg, stats) if cfg.data else ([], [])
+    cases = cases_from(dialogues, sources, cfg, stats)
+    for message in stats.errors:
+        print(f"error: {message}", file=sys.stderr)
+    groups = []
+    if cfg.selection:
+        groups = usable_groups(read_selection_file(cfg.selection, sel_skipped), sel_skipped, cfg.limit)
+        if not groups:
+            raise ChitchatError(f"--selection {cfg.selection}: no context has both a true and a wrong candidate "
+                                f"(skipped {dict(sel_skipped)})")
+    engines = [Engine.load(m, cfg.mmi_model, int8=cfg.int8, device=cfg.device, threads=cfg.threads)
+               for m in cfg.models]
+    cases = _usable_cases(cases, engines, skipped)
+    if cfg.data and not cases:
         raise ChitchatError(f"no usable test case in {', '.join(cfg.data)} "
                             f"(dialogues read {stats.read}, skipped {dict(stats.skipped) or 0}, cases skipped {dict(skipped) or 0})")
-    use_mmi = bool(cfg.mmi_model)
-    modes = [False, True] if cfg.compare_mmi else [use_mmi]
-    refs = [c.reference for c in cases]
-    n_chars = sum(len(chars(r)) for r in refs)
-    systems, timing = {}, {}
+    negatives = draw_negatives(dialogues, cases, cfg.negatives, cfg.seed) if cases and cfg.negatives else None
+    systems, timing, coherent, selected = {}, {}, {}, {}
     per_case = [{"systems": {}, "models": {}} for _ in cases]
+    if negatives is not None:
+        for k, negs in enumerate(negatives):
+            per_case[k]["coherence"] = {"distractors": negs, "ranks": {}}
     for name, engine in zip(system_names(cfg.models), engines):
-        nll, truncated = reference_nll(engine, cases, cfg.batch_size)
-        total_nll, tokens = sum(n for n, _ in nll), sum(t for _, t in nll)
-        result = run_model(engine, cases, cfg, use_mmi)
-        timing[name] = len(cases) / result["seconds"] if result["seconds"] else None
-        for m in modes:
-            system = f"{name} +mmi" if m else name
-            hyps = result["chosen"][m]
-            systems[system] = {
-                "model": engine.model_path, "ranking": "mmi" if m else "likelihood",
-                "perplexity_token": perplexity(total_nll, tokens),
-                "perplexity_char": perplexity(total_nll, n_chars),
-                **reply_metrics(hyps, refs),
-            }
-            for k, (h, r) in enumerate(zip(hyps, refs)):
-                per_case[k]["systems"][system] = {"reply": h, "f1_char": char_f1(h, r), "len_chars": len(chars(h)),
-                                       "repeat_3gram": repeats_3gram(h)}
-        resampled = 0
-        for k, (reply, (n, t)) in enumerate(zip(result["replies"], nll)):
-            per_case[k]["models"][name] = {"candidates": [c.to_dict() for c in reply.candidates],
-                                           "sampling_rounds": reply.attempts, "reference_nll_per_token": n / t}
-            resampled += reply.attempts > 1
-        for m in modes:
-            systems[f"{name} +mmi" if m else name].update(resampled_rate=resampled / len(cases),
-                                                           references_truncated=truncated)
+        if cases:
+            timing[name] = _generation(name, engine, cases, cfg, systems, per_case)
+        if negatives is not None:
+            bar = _progress(len(cases), f"{name} coherence", cfg.progress)
+            coherent[name], ranks = coherence(engine, cases, negatives, cfg.batch_size, bar.update)
+            bar.close()
+            for k, r in enumerate(ranks):
+                per_case[k]["coherence"]["ranks"][name] = r
+        if groups:
+            bar = _progress(len(groups), f"{name} selection", cfg.progress)
+            selected[name], _ = selection(engine, groups, cfg.max_history_len, cfg.batch_size, bar.update)
+            bar.close()
     report = {
         "cases": len(cases),
         "skipped": {"dialogues": dict(sorted(stats.skipped.items())), "cases": dict(sorted(skipped.items())),
                     "file_errors": stats.errors},
         "systems": systems,
+        "coherence": {"negatives": cfg.negatives, "seed": cfg.seed, "cases": len(cases),
+                      "drawn_from": "other dialogues of the same data", "systems": coherent} if negatives else None,
+        "selection": {"file": str(cfg.selection), "sha256": sha256_file(cfg.selection), "contexts": len(groups),
+                      "contexts_10_candidates": sum(len(g.labels) == 10 for g in groups),
+                      "skipped": dict(sorted(sel_skipped.items())), "systems": selected} if groups else None,
         "settings": {"sampling": asdict(cfg.sampling), "seed": cfg.seed, "batch_size": cfg.batch_size,
-                     "limit": cfg.limit, "last_turn_only": cfg.last_turn_only,
+                     "limit": cfg.limit, "last_turn_only": cfg.last_turn_only, "negatives": cfg.negatives,
                      "max_history_len": cfg.max_history_len, "int8": cfg.int8, "device": cfg.device},
         "models": [{"path": e.model_path, "hash": model_hash(e.model_path)} for e in engines],
         "mmi_model": {"path": engines[0].mmi_path, "hash": model_hash(engines[0].mmi_path)} if cfg.mmi_model else None,
-        "data": [{"path": str(p), "sha256": sha256_file(p)} for p in expand_inputs(cfg.data)],
+        "data": [{"path": str(p), "sha256": sha256_file(p)} for p in expand_inputs(cfg.data)] if cfg.data else [],
         "versions": _versions(),
     }
     write_outputs(cfg.output, report, cases, per_case)
     return report, timing
-
 
 def system_names(models: list[str]) -> list[str]:
     """Short column names: the model directory's name (a run directory's name for its best/),
@@ -247,102 +227,3 @@ def _versions() -> dict:
 
     return {"chitchat": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
-
-
-METRIC_LABELS = [
-    ("perplexity_token", "perplexity / token", "{:.2f}"), ("perplexity_char", "perplexity / character", "{:.2f}"),
-    ("bleu1_char", "BLEU-1 (char)", "{:.2f}"), ("bleu2_char", "BLEU-2 (char)", "{:.2f}"),
-    ("bleu4_char", "BLEU-4 (char)", "{:.2f}"), ("bleu1_word", "BLEU-1 (word)", "{:.2f}"),
-    ("bleu2_word", "BLEU-2 (word)", "{:.2f}"), ("bleu4_word", "BLEU-4 (word)", "{:.2f}"),
-    ("distinct1_char", "Distinct-1 (char)", "{:.4f}"), ("distinct2_char", "Distinct-2 (char)", "{:.4f}"),
-    ("distinct1_word", "Distinct-1 (word)", "{:.4f}"), ("distinct2_word", "Distinct-2 (word)", "{:.4f}"),
-    ("f1_char", "F1 (char)", "{:.4f}"), ("tfidf_cosine", "TF-IDF cosine", "{:.4f}"),
-    ("avg_len_chars", "average length (chars)", "{:.2f}"), ("empty_rate", "empty replies", "{:.2%}"),
-    ("repeat_3gram_rate", "replies repeating a 3-gram", "{:.2%}"),
-]
-
-
-def markdown_table(report: dict) -> str:
-    systems = list(report["systems"])
-    lines = ["| metric | " + " | ".join(systems) + " |", "| --- |" + " ---: |" * len(systems)]
-    for key, label, fmt in METRIC_LABELS:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(report["systems"][s][key]) for s in systems) + " |")
-    return "\n".join(lines)
-
-
-def write_outputs(out: Path, report: dict, cases: list[Case], per_case: list[dict]) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "cases.jsonl", "w", encoding="utf-8") as f:
-        for c, systems in zip(cases, per_case):
-            f.write(json.dumps({"source": c.source, "context": c.context, "reference": c.reference, **systems},
-                               ensure_ascii=False) + "\n")
-    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    skipped = report["skipped"]
-    md = [
-        "# chitchat eval report", "",
-        f"{report['cases']} test cases from {', '.join(d['path'] for d in report['data'])}; "
-        f"seed {report['settings']['seed']}.", "",
-        markdown_table(report), "",
-        "Systems: " + "; ".join(f"`{name}` = {v['model']} ranked by {v['ranking']}"
-                                for name, v in report["systems"].items()) + ".", "",
-        f"Skipped dialogues: {skipped['dialogues'] or 'none'}; skipped cases: {skipped['cases'] or 'none'}; "
-        f"file errors: {len(skipped['file_errors'])}.", "",
-        "Sampling: " + ", ".join(f"{k}={v}" for k, v in report["settings"]["sampling"].items()), "",
-        "Metric definitions: README, section Evaluate.", "",
-    ]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-
-
-def add_arguments(p) -> None:
-    from chitchat.engine.options import add_sampling_arguments
-
-    p.add_argument("--model", action="append", metavar="DIR",
-                   help="dialogue model or training run directory (repeat to compare models side by side); "
-                        "none: the shipped default model, ranked by its MMI model")
-    p.add_argument("--mmi-model", metavar="DIR", help="MMI model: replies are ranked by it")
-    p.add_argument("--compare-mmi", action="store_true", help="report each model with and without MMI ranking")
-    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="dataset files, folders or globs (any corpus format)")
-    p.add_argument("--format", default=None, help="input format (default: detected per file)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="run directory for cases.jsonl, report.json, report.md")
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most N test cases")
-    p.add_argument("--last-turn-only", action="store_true", help="only the last reply of each dialogue is a test case")
-    p.add_argument("--max-history-len", type=int, default=DEFAULT_MAX_HISTORY, help="utterances of context at most")
-    p.add_argument("--batch-size", type=int, default=32, help="test cases generated together")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed (a rerun reproduces report.json)")
-    p.add_argument("--int8", action="store_true", help="int8 weights for the linear layers (CPU)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_sampling_arguments(p)
-
-
-def run(args) -> int:
-    from chitchat.engine.options import sampling_from_args
-
-    if args.limit is not None and args.limit < 1:
-        raise ChitchatError("--limit must be at least 1")
-    if args.batch_size < 1:
-        raise ChitchatError("--batch-size must be at least 1")
-    models, mmi_model = args.model, args.mmi_model
-    if not models:
-        from chitchat.model.default import ensure_default_model
-
-        dialogue, default_mmi = ensure_default_model(say=lambda text: print(text, file=sys.stderr))
-        models, mmi_model = [dialogue], mmi_model or default_mmi
-    cfg = EvalConfig(
-        models=models, data=args.data, output=args.output, mmi_model=mmi_model,
-        compare_mmi=args.compare_mmi, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-        last_turn_only=args.last_turn_only, max_history_len=args.max_history_len, format=args.format,
-        sampling=sampling_from_args(args), int8=args.int8, device=args.device, threads=args.threads,
-        progress=False if args.no_progress else None,
-    )
-    report, timing = evaluate(cfg)
-    skipped = report["skipped"]
-    print(f"{report['cases']} test cases; skipped dialogues: {skipped['dialogues'] or 'none'}; "
-          f"skipped cases: {skipped['cases'] or 'none'}")
-    print(markdown_table(report))
-    for name, rate in timing.items():
-        print(f"{name}: {rate:.1f} cases/s")
-    print(f"wrote {cfg.output}/report.md, report.json, cases.jsonl")
-    return 0

@@ -101,6 +101,7 @@ class RecipeConfig:
     threads: int | None = option(None, metavar="N", help="CPU threads for training (none: every core)")
     device: str | None = option(None, help="training device: cpu, cuda, cuda:N (none: cuda if available, else cpu)")
     eval_limit: int | None = None   # None: every case of the validation file
+    eval_negatives: int = 9         # coherence: distractors per case (chitchat eval --negatives)
     progress: bool | None = option(None, help="progress bars (none: only on a terminal)")
 
 
@@ -261,6 +262,7 @@ def run_recipe(cfg: RecipeConfig, say=print, until: str | None = None) -> dict |
                 "--data", *_inputs(cfg, [cfg.valid_source]), "--output", str(work / "eval"), "--seed", str(cfg.seed)]
         if cfg.eval_limit:
             argv += ["--limit", str(cfg.eval_limit)]
+        argv += ["--negatives", str(cfg.eval_negatives)]
         if cfg.progress is False:
             argv.append("--no-progress")
         _run(argv, say)

@@ -26,6 +26,7 @@ def tiny_recipe(tmp: Path) -> RecipeConfig:
         valid_source=src("lccc_style.json"), vocab_size=3000, max_len=64, preset="tiny",
         pretrain=StageConfig(steps=3, lr=1e-3, eval_every=2), dialogue=StageConfig(steps=2, lr=1e-3),
         mmi=StageConfig(steps=2, lr=1e-3), threads=1, progress=False,
+        eval_negatives=2,  # the validation file holds 4 dialogues
     )
 
 
