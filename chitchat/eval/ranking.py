@@ -48,7 +48,7 @@ SCORINGS: dict[str, Callable[[CandidateScores], float]] = {
 NEEDS_MMI = {"mmi"}
 SCORING_LABELS = {
     "likelihood": "likelihood per token (dialogue model)",
-    "mmi": "MMI (reversed history | reply)",
+    "mmi": "MMI (reversed history given the reply)",
     "pmi": "PMI against the empty context",
     "chat": "the chat's ranking",
 }

@@ -7,7 +7,7 @@ import pytest
 
 from chitchat.engine.engine import Engine
 from chitchat.engine.replies import Candidate
-from chitchat.eval.ranking import (SCORINGS, CandidateScores, average_precision, precision_at_1, rank_of_true,
+from chitchat.eval.ranking import (SCORING_LABELS, SCORINGS, CandidateScores, average_precision, precision_at_1, rank_of_true,
                                    ranked_labels, recall_at, reciprocal_rank, scorings)
 from chitchat.eval.selection import selection_metrics
 
@@ -55,6 +55,7 @@ def test_scorings_table():
     no_mmi = CandidateScores(nll=3.0, nll_empty=5.0)
     assert SCORINGS["chat"](no_mmi) == 3.0
     assert scorings(False) == ["likelihood", "pmi", "chat"] and "mmi" in scorings(True)
+    assert set(SCORING_LABELS) == set(SCORINGS) and not any("|" in x for x in SCORING_LABELS.values())  # table cells
 
 
 @pytest.mark.parametrize("use_mmi", [True, False])
