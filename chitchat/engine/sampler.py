@@ -10,6 +10,7 @@ top-k, top-p; then a draw from what is left.
   divides the logit, which raises the probability of a seen token whose logit is negative;
   `transformers`' sign-aware variant can still raise a seen token's probability when other seen
   tokens are lowered more.)
+- A temperature below `GREEDY_BELOW` (1e-4) means greedy: the most likely token (see model/sampling.py).
 - With top-k, top-p applies within the top k (as `transformers` does).
 - The draw is the exponential race (argmax of p / Exp(1) noise), with noise drawn on the CPU from a
   CPU generator, so that a seed gives the same replies on every device.
@@ -21,7 +22,7 @@ import os
 
 import torch
 
-from chitchat.model.sampling import SamplingConfig
+from chitchat.model.sampling import GREEDY_BELOW, SamplingConfig
 
 
 def seed_generator(seed: int | None) -> torch.Generator:
@@ -78,11 +79,14 @@ class Sampler:
                 banned = [toks[i + n - 1] for i in range(step - n + 1) if tuple(toks[i:i + n - 1]) == prefix]
                 if banned:
                     logits[row, banned] = float("-inf")
-        if cfg.temperature != 1.0:
+        top_k = cfg.top_k
+        if cfg.temperature < GREEDY_BELOW:  # greedy: dividing by it would overflow float32 into NaN
+            top_k = 1
+        elif cfg.temperature != 1.0:
             logits /= cfg.temperature
         top_p = cfg.top_p if 0 < cfg.top_p < 1 else 0.0
-        if cfg.top_k and cfg.top_k < logits.shape[1]:
-            values, index = logits.topk(cfg.top_k, dim=1)  # sorted, largest first
+        if top_k and top_k < logits.shape[1]:
+            values, index = logits.topk(top_k, dim=1)  # sorted, largest first
             probs = values.softmax(dim=1)
         elif top_p:
             probs, index = nucleus_candidates(logits, top_p)

@@ -10,12 +10,18 @@ from chitchat.errors import ChitchatError
 from chitchat.options import option
 
 
+# Temperatures below this mean greedy decoding (the most likely token), as 0 does in OpenAI's format:
+# dividing float32 logits by a smaller number overflows them to inf, and the softmax to NaN (garbage
+# replies), while at 1e-4 a logit gap of 0.01 is already a factor of e^100: greedy but for near-ties.
+GREEDY_BELOW = 1e-4
+
+
 @dataclass
 class SamplingConfig:
     """How candidates are sampled. 0 disables top_k, top_p and no_repeat_ngram_size."""
 
     # defaults chosen by a `chitchat eval` sweep on CPED valid (models/default/SAMPLING_SWEEP.md)
-    temperature: float = option(0.7, metavar="T", help="sampling temperature")
+    temperature: float = option(0.7, metavar="T", help="sampling temperature (below 1e-4: greedy)")
     top_k: int = option(8, flag="--topk", aliases=("--top-k",), metavar="K",
                         help="sample among the K most likely tokens (0: no limit)")
     top_p: float = option(0.0, flag="--topp", aliases=("--top-p",), metavar="P",

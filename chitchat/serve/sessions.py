@@ -1,8 +1,9 @@
 """Server-side chat sessions of `chitchat serve`: a bounded store of bounded histories.
 
-The store holds at most `max_sessions` sessions: creating one more evicts the least recently used,
-and a session unused for `idle_s` seconds expires. Eviction removes whole sessions and touches
-nothing else: every session still held keeps its history. A session keeps only the utterances the
+The store holds at most `max_sessions` sessions: when it is full, creating one more is refused
+(`create` returns None) until a session expires or is deleted, so that no client can push out
+another's session; a session unused for `idle_s` seconds expires. Expiry removes whole sessions and
+touches nothing else: every session still held keeps its history. A session keeps only the utterances the
 model can see next turn (`max_history_len - 1`, as `ChatSettings` counts them), and its turns run
 one at a time (a per-session lock), so that each turn sees the previous one. Used from the event
 loop only.
@@ -32,7 +33,7 @@ class SessionStore:
         self.max_sessions, self.idle_s, self.max_history_len = max_sessions, idle_s, max_history_len
         self.clock = clock
         self.items: OrderedDict[str, ChatSession] = OrderedDict()  # least recently used first
-        self.evicted = 0  # for the count bound
+        self.refused = 0  # creations refused: the store was full
         self.expired = 0  # for idle time
 
     def __len__(self) -> int:
@@ -48,17 +49,25 @@ class SessionStore:
             del self.items[sid]
             self.expired += 1
 
-    def create(self) -> str:
+    def create(self) -> str | None:
+        """A new session's id; None when the store is full (see `retry_after`)."""
         self.expire()
-        while len(self.items) >= self.max_sessions:
-            self.items.popitem(last=False)
-            self.evicted += 1
+        if len(self.items) >= self.max_sessions:
+            self.refused += 1
+            return None
         sid = uuid.uuid4().hex
         self.items[sid] = ChatSession(used=self.clock())
         return sid
 
+    def retry_after(self) -> float:
+        """Seconds until the least recently used session expires (at least 1)."""
+        if not self.items:
+            return 1.0
+        oldest = next(iter(self.items.values()))
+        return max(1.0, oldest.used + self.idle_s - self.clock())
+
     def get(self, sid: str) -> ChatSession | None:
-        """The session (now the most recently used), or None: never created, deleted, evicted or expired."""
+        """The session (now the most recently used), or None: never created, deleted or expired."""
         self.expire()
         s = self.items.get(sid)
         if s is not None:

@@ -44,6 +44,7 @@ def driver(tmp_path_factory):
     options.binary_location = paths[0]
     for flag in CHROME_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations land there
     browser = webdriver.Chrome(options=options, service=Service(executable_path=paths[1]))
     browser.set_page_load_timeout(TIMEOUT)
     try:
@@ -147,14 +148,22 @@ def test_chat_page(driver, model_dirs):
             assert float(cells[2]) > 0 and float(cells[3]) > 0  # nll and MMI, as /candidates shows them
         chosen = view.find_element("css selector", "tr.chosen").find_elements("css selector", "td")[1].text
         assert chosen.removesuffix(" …") == reply.find_element("css selector", ".text").text  # …: cut at max_len
+        assert not csp_violations(driver)  # the page, its script and its style run under the server's CSP
     assert "Traceback" not in server.stderr
 
 
+def csp_violations(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
 def test_the_page_asks_for_the_api_key(driver, model_dirs):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
+    secret = "s3cret-_.~+/=!#$%&'*"  # every byte of the key must reach the server as it was typed
     with running_server(model_dirs, "--candidates", "1", "--max-len", "6", "--threads", "1",
-                        env={"CHITCHAT_API_KEY": "s3cret"}) as server:
+                        env={"CHITCHAT_API_KEY": secret}) as server:
+        driver.get_log("browser")  # drop what earlier pages logged
         driver.get(server.url + "/")
         dialog = css(driver, "#key-dialog")[0]
         wait(driver, lambda d: dialog.is_displayed(), "the key dialog")
@@ -162,7 +171,14 @@ def test_the_page_asks_for_the_api_key(driver, model_dirs):
         wait(driver, lambda d: "refused" in css(d, "#key-error")[0].text, "the wrong key refused")
         key = css(driver, "#key")[0]
         key.clear()
-        key.send_keys("s3cret", Keys.ENTER)
+        key.send_keys(secret)
+        css(driver, "#key-ok")[0].click()  # OK, not Enter: the dialog must give the focus back all the same
         wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === 'true'"), "page ready")
-        css(driver, "#input")[0].send_keys("你好", Keys.ENTER)
+        # typed into whatever has the focus (issue 20, finding 8: it went nowhere until the box was clicked)
+        ActionChains(driver).send_keys("你好").perform()
+        box = css(driver, "#input")[0]
+        assert box.get_attribute("value") == "你好"
+        ActionChains(driver).send_keys(Keys.ENTER).perform()
         assert replies_done(driver, 1)[0].text.strip()
+        assert css(driver, "#model")[0].text.startswith("models0/dialogue + MMI")  # a name, not a path
+        assert not csp_violations(driver)  # the page runs under its Content-Security-Policy

@@ -1,0 +1,128 @@
+"""Helpers shared by the tests of `chitchat serve` (the fixtures are in this folder's conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+from fastapi.testclient import TestClient
+
+from chitchat.engine.settings import ChatSettings
+from chitchat.model.sampling import SamplingConfig
+from chitchat.serve.app import ServeConfig, create_app
+
+from support import PYTHON, ROOT, Server, cli_env
+
+HISTORY = ["你好", "你好啊,今天过得怎么样"]
+USER = [{"role": "user", "content": "还不错,刚下班"}]
+
+
+def config(**changes) -> ServeConfig:
+    """Short replies, small limits: fast, and every limit easy to reach."""
+    settings = changes.pop("settings", ChatSettings(SamplingConfig(max_len=6, candidates=3)))
+    base = dict(settings=settings, max_body_bytes=4096, max_text_chars=100, max_history=6, max_tokens=12, max_n=4,
+                max_sessions=4, batch_window_ms=2)
+    return ServeConfig(**{**base, **changes})
+
+
+@contextmanager
+def serve(engine, **changes):
+    """A test client of the app (at http://localhost: a Host name a loopback server answers to)."""
+    with TestClient(create_app(engine, config(**changes)), base_url="http://localhost") as client:
+        yield client
+
+
+class Spy:
+    """Records each Engine.replies_stream call (histories, sampling); optionally holds it until released."""
+
+    def __init__(self, engine, monkeypatch, hold: bool = False):
+        self.real = engine.replies_stream
+        self.calls: list[tuple[list, SamplingConfig, int | None]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        monkeypatch.setattr(engine, "replies_stream", self)
+
+    def __call__(self, histories, sampling=None, seed=None, **kw):
+        self.calls.append(([list(h) for h in histories], sampling, seed))
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.real(histories, sampling, seed, **kw)
+
+
+def error_of(r, status: int, param: str | None = None) -> str:
+    """The response is an OpenAI-style JSON error with this status; its message."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param"} and err["message"] and err["type"]
+    if param is not None:
+        assert err["param"] == param
+    return err["message"]
+
+
+def wait_for(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sse(text: str) -> list:
+    """The JSON data of each server-sent event ([DONE] as a string)."""
+    events = [e[len("data: "):] for e in text.split("\n\n") if e]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+def one_candidate(**changes) -> dict:
+    return {"settings": ChatSettings(SamplingConfig(max_len=12, min_len=8, candidates=1)), **changes}
+
+
+@contextmanager
+def serve_process(model_dirs, *args: str, files: int | None = None):
+    """`chitchat serve` on the tiny models and a free port, ready (`.port`, `.url`); its stdout (the
+    access log) and stderr in `.stdout` and `.stderr` once stopped (SIGINT). `files`: the process's
+    file limit, soft and hard."""
+    def limit_files():
+        if files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, "-m", "chitchat", "serve", "--model", str(model_dirs[0]), "--mmi-model",
+                             str(model_dirs[1]), "--port", str(port), "--max-len", "4", "--candidates", "1",
+                             "--threads", "1", *args], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit_files)
+    server = Server(f"http://127.0.0.1:{port}", proc)
+    server.port, server.stdout = port, ""
+    try:
+        wait_for(lambda: proc.poll() is not None or healthy(server.url), timeout=90)
+        assert proc.poll() is None, proc.stderr.read()
+        yield server
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            server.stdout, server.stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            server.stdout, server.stderr = proc.communicate()
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
