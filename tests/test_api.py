@@ -94,3 +94,13 @@ def test_readme_command_examples_parse():
         args = args.split()
         parsed = build_parser(command).parse_args([command, *args])
         assert parsed.command == command
+
+
+def test_readme_is_a_front_page_whose_links_resolve():
+    readme = ROOT / "README.md"
+    assert len(readme.read_bytes()) < 10_000  # the rest belongs in docs/
+    text = readme.read_text(encoding="utf-8")
+    links = [link for link in re.findall(r"\]\(([^)#\s]+)", text) if "://" not in link]
+    assert any(link.startswith("docs/") for link in links)
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, missing
