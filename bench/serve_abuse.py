@@ -13,7 +13,8 @@ Builds random-weight `tiny` dialogue and MMI models (nothing is trained), starts
    /healthz's latency meanwhile;
 5. the victim session read back: is its history whole?
 Ends with one JSON line: the counts, the seconds until the slow connections were closed, the
-/healthz latencies, whether the victim survived, the server's RSS and its stderr (lines, tracebacks).
+/healthz latencies, whether the victim survived, the server's RSS and its log (stdout and stderr:
+lines, tracebacks, whether the victim's session id is in it).
 
     .venv/bin/python bench/serve_abuse.py [--sessions 1000] [--idle 32] [--hold 30] [-- serve flags...]
 """
@@ -145,11 +146,11 @@ def main() -> int:
         save_model(build_model(tokenizer, "tiny", seed=2), tokenizer, Path(tmp) / "mmi")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        log = open(Path(tmp) / "stderr.log", "w+")
+        log = open(Path(tmp) / "server.log", "w+")
         proc = subprocess.Popen([sys.executable, "-m", "chitchat", "serve", "--model", f"{tmp}/dialogue",
                                  "--mmi-model", f"{tmp}/mmi", "--port", str(port), "--threads", "1",
-                                 "--max-len", "8", *args.serve_args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=log)
+                                 "--max-len", "8", *args.serve_args], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)  # the access log (stdout) too
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -190,7 +191,7 @@ def main() -> int:
         "cross_site_created": cross.count(201), "cross_site_statuses": sorted(set(cross)),
         "foreign_host_info_status": rebinding, "idle_connections": args.idle, "hold_s": args.hold, **held,
         "victim_session_survived": survived, "rss_mb_start": rss_start, "rss_mb_end": rss_end,
-        "stderr_lines": len(stderr.splitlines()), "stderr_tracebacks": stderr.count("Traceback"),
+        "log_lines": len(stderr.splitlines()), "log_tracebacks": stderr.count("Traceback"),
         "victim_id_in_log": victim in stderr,
     }
     print(json.dumps(result))

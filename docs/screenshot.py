@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's screenshot of the chat page: `chitchat serve` on a model, a short Chinese
+"""The screenshot of the chat page in docs/serving.md (docs/chat-page.png): `chitchat serve` on a model, a short Chinese
 conversation typed into the page in headless Chromium, the last reply's candidates view open, the
 page saved as a PNG.
 
