@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The screenshot of the chat page in docs/serving.md (docs/chat-page.png): `chitchat serve` on a model, a short Chinese
-conversation typed into the page in headless Chromium, the last reply's candidates view open, the
-page saved as a PNG.
+"""The screenshot of the chat page in docs/serving.md (docs/chat-page.png): `chitchat serve` on a
+model, a short Chinese conversation typed into the page in headless Chromium, the last reply's
+candidates view open, the page saved as a PNG.
 
 Needs Chromium and its driver (`make browser`, or Debian's `chromium` and `chromium-driver`), the
 `browser` extra (Selenium; `make install` has it) and a font with Chinese characters (Debian:
