@@ -9,15 +9,22 @@ max_len, top-k 8) so that timing does not depend on the weights; the history is 
 Two workloads, each on its own server: `single` (1 candidate, no MMI: the least engine work a
 request can ask, so the figures show what the server's batching does) and `mmi5` (5 candidates
 ranked by MMI, the chat's default). Prints, per level, throughput (requests per second), p50 and
-p95 latency, errors and the mean batch the model worker made. Then, on the `single` server (one
+p95 latency, errors, the mean number of requests per engine call (a group the worker splits into
+lanes makes one call a lane) and the server's CPU time per request (`cpu_ms`: what a request costs
+whatever share of the cores other processes leave the server: while they keep the cores busy,
+the server gets about the same share at either level, and the c16/c1 throughput ratio comes
+near the ratio of these two). Then, on the `single` server (one
 candidate: the reply streams as it is written), `--stream-requests` streamed chat completions
 (`"stream": true` on /v1/chat/completions, the same three utterances) at both levels: time to
-first token (the first event with reply text) and to the whole reply, p50. Ends with one JSON line
-whose headline keys are the first workload's (`ttft_ms_c1`, `ttft_ms_c16` and
-`stream_p50_ms_c1`, `stream_p50_ms_c16` among them), the other's prefixed with its name, then the
+first token (the first event with reply text) and to the whole reply, p50. Prints each
+workload's c16/c1 throughput ratio. With `--runs N` the whole bench runs N times, the workloads
+taking turns (a fresh server each), and each figure is the median over the runs.
+Ends with one JSON line whose headline keys are the first workload's (`ttft_ms_c1`, `ttft_ms_c16`
+and `stream_p50_ms_c1`, `stream_p50_ms_c16` among them), the other's prefixed with its name,
+`<workload>_c16_over_c1` for each workload (the median ratio; `..._runs`: each run's), then the
 server's threads and what the machine gave during the run (bench/machine.py).
 
-    flock /tmp/chitchat-bench.lock .venv/bin/python bench/serve.py [--requests 200] [--workloads single,mmi5]
+    flock /tmp/chitchat-bench.lock .venv/bin/python bench/serve.py [--requests 200] [--workloads single,mmi5] [--runs 3]
 """
 
 import argparse
@@ -26,6 +33,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,8 +157,20 @@ class Connection:
             self.writer = None
 
 
-async def load(port: int, concurrency: int, requests: int) -> dict:
-    """`requests` POST /generate from `concurrency` clients, each sending its next one on each reply."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far: its threads' together (Linux; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+async def load(port: int, concurrency: int, requests: int, pid: int = 0) -> dict:
+    """`requests` POST /generate from `concurrency` clients, each sending its next one on each reply.
+    `cpu_ms`: the server's CPU time per request (process `pid`): the work a request costs, whatever
+    share of the cores other processes leave it."""
     latencies: list[float] = []
     errors = sent = 0
     body = json.dumps({"text": TEXT, "history": HISTORY}).encode()
@@ -174,12 +194,15 @@ async def load(port: int, concurrency: int, requests: int) -> dict:
 
     info = f"http://127.0.0.1:{port}/info"
     before = httpx.get(info).json()["worker"]
+    cpu = cpu_seconds(pid)
     t0 = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds(pid) - cpu
     after = httpx.get(info).json()["worker"]
     calls = after["engine_calls"] - before["engine_calls"]
     return {"throughput": requests / wall, "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "cpu_ms": cpu * 1000 / requests,
             "errors": errors, "mean_batch": (after["answered"] - before["answered"]) / max(calls, 1), "wall_s": wall}
 
 
@@ -227,10 +250,14 @@ def measure(dialogue: Path, mmi: Path, workload: str, levels: list[int], args) -
         asyncio.run(load(port, max(levels), 2 * max(levels)))
         results = {}
         for c in levels:
-            results[c] = r = asyncio.run(load(port, c, args.requests))
+            results[c] = r = asyncio.run(load(port, c, args.requests, proc.pid))
             print(f"{workload} concurrency {c:2d}: {r['throughput']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "
-                  f"p95 {r['p95_ms']:.0f} ms, errors {r['errors']}, mean batch {r['mean_batch']:.1f} "
+                  f"p95 {r['p95_ms']:.0f} ms, errors {r['errors']}, mean batch {r['mean_batch']:.1f}, "
+                  f"server CPU {r['cpu_ms']:.0f} ms a request "
                   f"({args.requests} requests in {r['wall_s']:.1f} s)", file=sys.stderr)
+        lo, hi = levels
+        print(f"{workload} c{hi}/c{lo}: {results[hi]['throughput'] / results[lo]['throughput']:.2f}x "
+              f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
         if candidates == 1 and args.stream_requests:  # the reply streams as it is written
             for c in levels:
                 r = asyncio.run(load_stream(port, c, args.stream_requests))
@@ -264,6 +291,9 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, help="the server's --max-batch (default: the server's)")
     p.add_argument("--threads", type=int, help="the server's --threads (default: the server's, one per core)")
     p.add_argument("--int8", action="store_true", help="the server's --int8")
+    p.add_argument("--runs", type=int, default=1,
+                   help="run the whole bench this many times, the workloads taking turns; figures are the "
+                        "medians over the runs (default 1)")
     args = p.parse_args()
     lo, hi = sorted(int(c) for c in args.concurrency.split(","))
     workloads = args.workloads.split(",")
@@ -273,11 +303,22 @@ def main() -> int:
     threads = args.threads or torch.get_num_threads()  # the server's own default is torch's
     note, machine_keys = machine_note()
     print(note, file=sys.stderr)
-    results = {}
+    runs: dict[str, list[dict[int, dict]]] = {w: [] for w in workloads}
     with tempfile.TemporaryDirectory(prefix="chitchat-bench-serve-") as tmp:
         dialogue, mmi = build_models(Path(tmp), args.preset)
-        for w in workloads:
-            results[w] = measure(dialogue, mmi, w, [lo, hi], args)
+        for run in range(max(1, args.runs)):
+            if args.runs > 1:
+                print(f"run {run + 1} of {args.runs}", file=sys.stderr)
+            for w in workloads:
+                runs[w].append(measure(dialogue, mmi, w, [lo, hi], args))
+    ratios = {w: [r[hi]["throughput"] / r[lo]["throughput"] for r in rs] for w, rs in runs.items()}
+    results = {w: {c: {k: statistics.median(r[c][k] for r in rs) for k in rs[0][c]} for c in (lo, hi)}
+               for w, rs in runs.items()}
+    for w in workloads:
+        results[w][lo]["errors"] = sum(r[lo]["errors"] for r in runs[w])
+        results[w][hi]["errors"] = sum(r[hi]["errors"] for r in runs[w])
+        print(f"{w}: c{hi}/c{lo} {statistics.median(ratios[w]):.2f}x (runs: "
+              f"{', '.join(f'{x:.2f}' for x in ratios[w])})", file=sys.stderr)
     print(f"preset {args.preset}, replies {args.reply_len} tokens, {args.requests} requests per level, "
           f"threads {threads}{', int8' if args.int8 else ''}; load average {os.getloadavg()[0]:.2f}",
           file=sys.stderr)
@@ -288,7 +329,9 @@ def main() -> int:
                      f"{prefix}throughput_c{hi}": round(r[hi]["throughput"], 2),
                      f"{prefix}p50_ms_c{lo}": round(r[lo]["p50_ms"], 1),
                      f"{prefix}p50_ms_c{hi}": round(r[hi]["p50_ms"], 1),
-                     f"{prefix}p95_ms_c{hi}": round(r[hi]["p95_ms"], 1)})
+                     f"{prefix}p95_ms_c{hi}": round(r[hi]["p95_ms"], 1),
+                     f"{prefix}cpu_ms_c{lo}": round(r[lo]["cpu_ms"], 1),
+                     f"{prefix}cpu_ms_c{hi}": round(r[hi]["cpu_ms"], 1)})
         for c in (lo, hi):
             if "ttft_ms" in r[c]:
                 line[f"{prefix}ttft_ms_c{c}"] = round(r[c]["ttft_ms"], 1)
@@ -296,6 +339,10 @@ def main() -> int:
         if k == 0:
             line["errors"] = sum(x["errors"] for res in results.values() for x in res.values())
         line[f"{prefix}speedup_c{hi}"] = round(r[hi]["throughput"] / r[lo]["throughput"], 2)
+    for w in workloads:
+        line[f"{w}_c{hi}_over_c{lo}"] = round(statistics.median(ratios[w]), 2)
+        line[f"{w}_c{hi}_over_c{lo}_runs"] = [round(x, 2) for x in ratios[w]]
+    line["runs"] = max(1, args.runs)
     line["workload"] = workloads[0] + (" int8" if args.int8 else "")
     line["threads"] = threads
     line.update(machine_keys)

@@ -23,6 +23,7 @@ back is described in replies.py.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -85,6 +86,14 @@ class Engine:
         return cls(model, tokenizer, mmi_model, int8=int8, device=device, threads=threads,
                    model_path=str(resolve_model_dir(model_dir)),
                    mmi_path=str(resolve_model_dir(mmi_dir)) if mmi_dir is not None else None)
+
+    def with_threads(self, threads: int | None) -> "Engine":
+        """This engine, its models shared, with another `threads` setting. Calls may run at once on
+        several threads (each borrows its own buffers); with `threads` None each such thread sets
+        its own torch thread count (a server's lanes run one thread each)."""
+        view = copy.copy(self)
+        view.threads = threads
+        return view
 
     # -- text <-> ids ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -60,6 +61,7 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 _HUGE_PAGE = 2 << 20
 _SPARE_CACHE_BYTES = 64 << 20  # a larger key/value cache (a big batch) is not kept between calls
+_SPARE_BUFFERS = 2  # buffers of each kind kept: one per call running at once (a server's lanes)
 _NLL_ROWS = 320  # rows of logits at a time in sequence_nll (see FastGPT2._nll)
 _NLL_ROWS_INT8 = 32
 _NLL_GROUP_TOKENS = 2048  # sequence_nll's sequences at a time, in tokens
@@ -156,8 +158,10 @@ class FastGPT2:
             ))
         if self.device.type == "cpu":
             self._pack_weights()
-        self._spare: list[torch.Tensor] = []  # a key/value cache buffer kept for the next call
-        self._scratch: torch.Tensor | None = None  # sequence_nll's logits and log-softmax (CPU, fp32)
+        # Calls may run at once on several threads (a server's lanes): each borrows its own buffers.
+        self._spare: list[torch.Tensor] = []  # key/value cache buffers kept for the next calls
+        self._scratch: list[torch.Tensor] = []  # sequence_nll's logits and log-softmax (CPU, fp32)
+        self._layout_lock = threading.Lock()
 
     def _pack_weights(self) -> None:
         """Move every fp32 tensor a decode step reads (all but the embedding table, of which it reads
@@ -187,12 +191,13 @@ class FastGPT2:
         linears = [lin for block in self.layers for lin in block.linears() if isinstance(lin, Fp32Linear)]
         if isinstance(self.head, Fp32Linear):
             linears.append(self.head)
-        if any(lin.blocks is None for lin in linears):
-            parts = [lin.transposed() for lin in linears]
-            flat = [t for p in parts for t in p]
-            packed = iter(pack_tensors(flat) if self.device.type == "cpu" else flat)
-            for lin, p in zip(linears, parts):
-                lin.set_transposed([next(packed) for _ in p])
+        with self._layout_lock:  # two threads' first calls make them once
+            if any(lin.blocks is None for lin in linears):
+                parts = [lin.transposed() for lin in linears]
+                flat = [t for p in parts for t in p]
+                packed = iter(pack_tensors(flat) if self.device.type == "cpu" else flat)
+                for lin, p in zip(linears, parts):
+                    lin.set_transposed([next(packed) for _ in p])
         for lin in linears:
             lin.one_row = one_row
 
@@ -215,7 +220,7 @@ class FastGPT2:
         return buffer, [buffer[i * per_layer:(i + 1) * per_layer].view(shape) for i in range(self.n_layer)]
 
     def return_cache(self, buffer: torch.Tensor) -> None:
-        if not self._spare and buffer.numel() * buffer.element_size() <= _SPARE_CACHE_BYTES:
+        if len(self._spare) < _SPARE_BUFFERS and buffer.numel() * buffer.element_size() <= _SPARE_CACHE_BYTES:
             self._spare.append(buffer)
 
     def hidden(self, ids: torch.Tensor, positions: torch.Tensor, *, cache: list[torch.Tensor] | None = None,
@@ -338,14 +343,20 @@ class FastGPT2:
                               for i in range(0, R, step)])
         rows = min(R, _NLL_ROWS)
         size = rows * self.vocab_size
-        if self._scratch is None or self._scratch.numel() < 2 * size:
-            self._scratch = page_backed(2 * size)
-        logits = self._scratch[:size].view(rows, self.vocab_size)
-        logp = self._scratch[size:2 * size].view(rows, self.vocab_size)
+        try:
+            scratch = self._scratch.pop()
+        except IndexError:
+            scratch = None
+        if scratch is None or scratch.numel() < 2 * size:
+            scratch = page_backed(2 * size)
+        logits = scratch[:size].view(rows, self.vocab_size)
+        logp = scratch[size:2 * size].view(rows, self.vocab_size)
         out = torch.empty(R)
         for i in range(0, R, rows):
             r = min(rows, R - i)
             torch.mm(h[i:i + r], self.head.weight, out=logits[:r])
             torch.log_softmax(logits[:r], 1, out=logp[:r])
             torch.gather(logp[:r], 1, targets[i:i + r, None], out=out[i:i + r, None])
+        if len(self._scratch) < _SPARE_BUFFERS:
+            self._scratch.append(scratch)
         return out.neg_()

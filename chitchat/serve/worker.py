@@ -10,6 +10,14 @@ A request with a `seed` is answered on its own, so that its seed alone decides i
 batched call fails, each of its requests is answered alone, so that one request cannot fail others
 (except a streaming one that has already sent text: it gets the error).
 
+Lanes: an engine that runs on several threads (`Engine.threads`, one per core by default in the
+server) answers a large group as that many shards at once, each on its own thread with one torch
+thread (`lane_rows`: the least rows, requests x candidates, a shard must get). A large batch is
+compute-bound (MMI scoring above all: every candidate is a sequence of the history's length), and
+two threads that share every op of one call wait for each other at each of its hundreds of ops a
+reply, for long when another process takes a core; independent shards do not. A small group (one
+request: a lone client) still runs as one call on all the engine's threads.
+
 The engine runs step by step (`Engine.replies_stream`). A streaming request (`submit(stream=True)`)
 with one candidate gets its reply's text as each step writes it (`Job.deltas`); with several
 candidates the reply is known only once they are ranked, so its text comes with the result. A
@@ -23,12 +31,18 @@ import asyncio
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass
+
+import torch
 
 from chitchat.engine.engine import Engine
 from chitchat.engine.replies import Reply, WrittenText
 
 from chitchat.model.sampling import SamplingConfig
+
+
+LANE_ROWS = 32  # a group is split into lanes only when each gets at least this many rows
 
 
 class WorkerUnavailable(Exception):
@@ -62,8 +76,18 @@ class Job:
 
 
 class ModelWorker:
-    def __init__(self, engine: Engine, window_ms: float = 30.0, max_batch: int = 32, max_queue: int = 256):
+    def __init__(self, engine: Engine, window_ms: float = 30.0, max_batch: int = 32, max_queue: int = 256,
+                 lanes: int | None = None, lane_rows: int = LANE_ROWS):
+        """`lanes`: shards of a large group answered at once, each on one thread (None: the
+        engine's `threads`; 1: none); `lane_rows`: the least rows a shard gets."""
         self.engine = engine
+        if lanes is None:
+            lanes = getattr(engine, "threads", None) or 1
+        self.lanes = lanes if lanes > 1 and hasattr(engine, "with_threads") else 1
+        self.lane_rows = max(1, lane_rows)
+        self.lane_engine = engine.with_threads(None) if self.lanes > 1 else engine  # each lane sets 1 thread
+        self.pool = (ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="chitchat-lane")
+                     if self.lanes > 1 else None)
         self.window = window_ms / 1000
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -71,7 +95,8 @@ class ModelWorker:
         self.lock = threading.Lock()
         self.waiting = 0  # queued or being answered
         self.closed = False
-        self.calls = 0  # Engine.replies_stream calls
+        self.calls = 0  # Engine.replies_stream calls (a group split into lanes makes one a lane)
+        self.split = 0  # groups answered in lanes
         self.answered = 0
         self.largest_batch = 0
         self.cancelled = 0  # requests given up because their client went away
@@ -112,6 +137,8 @@ class ModelWorker:
                 self.closed = True
                 self.jobs.put(None)
         self.thread.join(timeout)
+        if self.pool is not None and not self.thread.is_alive():
+            self.pool.shutdown(wait=False)
 
     def _run(self) -> None:
         while True:
@@ -145,30 +172,77 @@ class ModelWorker:
     def _answer(self, group: list[Job]) -> None:
         gone = [j for j in group if j.cancelled]  # their clients left while they were queued
         if gone:
-            self.cancelled += len(gone)
+            with self.lock:
+                self.cancelled += len(gone)
             self._finish(gone, [None] * len(gone))
             group = [j for j in group if not j.cancelled]
             if not group:
                 return
+        shards = self._shards(group)
+        if len(shards) > 1:
+            for shard, outcome in zip(shards, self._run_lanes(shards)):
+                if isinstance(outcome, Exception):
+                    self._answer_alone(shard, outcome)
+                else:
+                    self._finish(shard, outcome)
+            return
         try:
-            self.calls += 1
+            self._count_call()
             results: list = self._run_engine(group)
         except Exception as e:  # reported to the waiting request, never ends the worker
             if len(group) > 1:
-                for j in group:
-                    if j.sent:  # its client has seen text of this attempt: it cannot start again
-                        self._finish([j], [e])
-                    else:
-                        j.written = None
-                        self._answer([j])
+                self._answer_alone(group, e)
                 return
             results = [e]
         self._finish(group, results)
 
-    def _run_engine(self, group: list[Job]) -> list:
+    def _answer_alone(self, group: list[Job], error: Exception) -> None:
+        """After `error` in a call for `group`: each of its requests answered on its own."""
+        for j in group:
+            if j.sent:  # its client has seen text of this attempt: it cannot start again
+                self._finish([j], [error])
+            else:
+                j.written = None
+                self._answer([j])
+
+    def _shards(self, group: list[Job]) -> list[list[Job]]:
+        """The group cut into as many lanes as have `lane_rows` rows each (at most `lanes`), in
+        order; the whole group when that is one."""
+        rows = len(group) * group[0].sampling.candidates
+        k = min(self.lanes, len(group), rows // self.lane_rows)
+        if k < 2 or group[0].seed is not None:
+            return [group]
+        size, extra = divmod(len(group), k)
+        cuts = [i * size + min(i, extra) for i in range(k + 1)]
+        return [group[a:b] for a, b in zip(cuts, cuts[1:])]
+
+    def _run_lanes(self, shards: list[list[Job]]) -> list:
+        """Each shard's results (or the exception its call raised), the shards run at once: the
+        first on this thread, the others on the pool's, each with one torch thread."""
+        self.split += 1
+        threads = torch.get_num_threads()
+        try:
+            others = [self.pool.submit(self._lane, shard) for shard in shards[1:]]
+            return [self._lane(shards[0])] + [f.result() for f in others]
+        finally:
+            torch.set_num_threads(threads)
+
+    def _lane(self, shard: list[Job]):
+        torch.set_num_threads(1)  # per thread, and each lane's engine view leaves it so
+        self._count_call()
+        try:
+            return self._run_engine(shard, self.lane_engine)
+        except Exception as e:  # answered again, alone, by the worker thread
+            return e
+
+    def _count_call(self) -> None:
+        with self.lock:
+            self.calls += 1
+
+    def _run_engine(self, group: list[Job], engine: Engine | None = None) -> list:
         """One `Engine.replies_stream` over the group: text to the streaming requests with one
         candidate as each step writes it; cancelled requests given up at the next step."""
-        first, engine = group[0], self.engine
+        first, engine = group[0], engine or self.engine
         steps = engine.replies_stream([j.history for j in group], first.sampling, seed=first.seed, mmi=first.mmi)
         live = first.sampling.candidates == 1
         gone: set[int] = set()
@@ -185,7 +259,8 @@ class ModelWorker:
                 give_up = {i for i, j in enumerate(group) if j.cancelled} - gone or None
                 if give_up:
                     gone |= give_up
-                    self.cancelled += len(give_up)
+                    with self.lock:
+                        self.cancelled += len(give_up)
         except StopIteration as end:
             return end.value
 
