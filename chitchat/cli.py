@@ -8,6 +8,7 @@ import sys
 
 from chitchat import __version__
 from chitchat.errors import ChitchatError
+from chitchat.options import command_parser
 
 # subcommand -> (module, one-line help); modules are imported only when their command runs.
 COMMANDS = {
@@ -19,15 +20,6 @@ COMMANDS = {
     "serve": ("chitchat.serve.command", "serve the bot over HTTP (FastAPI on uvicorn), with a chat page at /"),
     "default-model": ("chitchat.recipe.recipe", "rebuild the shipped default model from open corpora (the recipe)"),
 }
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one to show: not None, not an off switch."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -42,11 +34,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         if only is not None and name != only:
             continue
-        mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().split("\n\n")[0],
-                           formatter_class=_HelpFormatter)
-        mod.add_arguments(p)
-        p.set_defaults(_module=mod)
+        command_parser(name, importlib.import_module(module), sub, help_)
     return parser
 
 

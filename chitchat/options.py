@@ -144,3 +144,29 @@ def options_from_args(cls, args, **overrides):
 
 
 __all__ = ["option", "add_options", "options_from_args"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show: not None, not an off switch."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def command_parser(name: str, module, parent=None, help: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `chitchat NAME`, whose module defines `add_arguments(p)` and `run(args)`: a subparser
+    of `parent` (the subparsers of `chitchat`), or standalone."""
+    description = (module.__doc__ or help or "").strip().split("\n\n")[0]
+    kwargs = dict(description=description, formatter_class=HelpFormatter)
+    p = parent.add_parser(name, help=help, **kwargs) if parent is not None else \
+        argparse.ArgumentParser(prog=f"chitchat {name}", **kwargs)
+    module.add_arguments(p)
+    p.set_defaults(_module=module)
+    return p
+
+
+def run_command(name: str, module, argv: list[str]) -> int:
+    """Run `chitchat NAME ARGV` in this process (the recipe's stages); a ChitchatError goes to the caller."""
+    return int(module.run(command_parser(name, module).parse_args(argv)) or 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chitchat.cli import _HelpFormatter
+from chitchat.options import HelpFormatter
 from chitchat.options import add_options, option, options_from_args
 
 
@@ -29,7 +29,7 @@ class Demo:
 
 
 def parser(**kw) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="demo", formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(prog="demo", formatter_class=HelpFormatter)
     add_options(p, Demo, **kw)
     return p
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from chitchat.errors import ChitchatError
+from chitchat.model.sampling import SamplingConfig
 from chitchat.tokens.tokenizer import CLS, PAD, SEP, check_tokenizer, ensure_normalizer, load_tokenizer
 
 # "gelu_pytorch_tanh" is GPT-2's tanh-approximated GELU ("gelu_new") as one fused kernel.
@@ -101,12 +102,10 @@ def load_model(path: str | Path, device: str = "cpu", dtype=None):
 
 def save_model(model, tokenizer, path: str | Path) -> None:
     """Save in Hugging Face format (safetensors), with a generation config naming our special tokens
-    and the chat's default sampling (chitchat.engine.engine.SamplingConfig), so that `generate()` without
+    and the chat's default sampling (chitchat.model.sampling.SamplingConfig), so that `generate()` without
     this package samples as `chitchat chat` does (without its MMI reranking), and a tokenizer that
     normalises raw text as the project does (ids unchanged)."""
     from transformers import GenerationConfig
-
-    from chitchat.model.sampling import SamplingConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -33,14 +33,17 @@ from pathlib import Path
 
 import torch
 
-from chitchat.cli import main
 from chitchat.corpus.readers import chatterbot_files
 from chitchat.errors import ChitchatError
+from chitchat.eval import cli as eval_command
 from chitchat.eval.evaluate import char_perplexity
 from chitchat.files import REPO_ROOT, atomic_write, sha256_file
 from chitchat.model.default import MANIFEST
 from chitchat.model.gpt2 import load_model, save_model
-from chitchat.options import add_options, option, options_from_args
+from chitchat.options import add_options, option, options_from_args, run_command
+from chitchat.tokens import preprocess as preprocess_command
+from chitchat.tokens import vocab as vocab_command
+from chitchat.training import cli as train_command
 from chitchat.training.checkpoint import commit_dir, new_partial_dir, recover_dir
 
 MACHINE = "machine.json"  # in each training run: the machine it trained on
@@ -120,9 +123,13 @@ def _inputs(cfg: RecipeConfig, sources) -> list[str]:
     return [s.path if s.path.startswith("chatterbot:") else str(cfg.corpora / s.path) for s in sources]
 
 
+# the `chitchat` commands the stages run, in this process
+STAGE_COMMANDS = {"vocab": vocab_command, "preprocess": preprocess_command, "train": train_command, "eval": eval_command}
+
+
 def _run(argv: list[str], say) -> None:
     say("$ chitchat " + " ".join(shlex.quote(a) for a in argv))
-    code = main(argv)
+    code = run_command(argv[0], STAGE_COMMANDS[argv[0]], argv[1:])
     if code:
         raise ChitchatError(f"stage failed (exit {code}): chitchat {' '.join(argv[:1])}")
 
@@ -449,4 +456,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(["default-model", *sys.argv[1:]]))
+    sys.exit(run_command("default-model", sys.modules[__name__], sys.argv[1:]))

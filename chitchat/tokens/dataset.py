@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from chitchat.errors import ChitchatError
+from chitchat.tokens.tokenizer import load_tokenizer
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid")
@@ -122,8 +123,6 @@ class TokenDataset:
         return self.manifest["vocab_hash"]
 
     def tokenizer(self):
-        from chitchat.tokens.tokenizer import load_tokenizer
-
         return load_tokenizer(self.dir / "tokenizer")
 
 
