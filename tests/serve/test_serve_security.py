@@ -46,7 +46,7 @@ def test_no_token_needed_when_auth_is_off(client):
 
 
 def test_api_key_comes_from_the_environment(monkeypatch):
-    args = build_parser().parse_args(["serve", "--model", "m"])
+    args = build_parser("serve").parse_args(["serve", "--model", "m"])
     monkeypatch.delenv("CHITCHAT_API_KEY", raising=False)
     assert config_from_args(args).api_key is None
     monkeypatch.setenv("CHITCHAT_API_KEY", "k")
@@ -62,7 +62,7 @@ def test_a_key_http_cannot_carry_is_refused_at_start(engine, monkeypatch, key):
         create_app(engine, config(api_key=key))
     monkeypatch.setenv("CHITCHAT_API_KEY", key)
     with pytest.raises(ChitchatError, match="visible ASCII"):
-        config_from_args(build_parser().parse_args(["serve", "--model", "m"]))
+        config_from_args(build_parser("serve").parse_args(["serve", "--model", "m"]))
 
 
 def test_the_serve_command_refuses_such_a_key_in_one_line():
@@ -98,7 +98,7 @@ def test_allowed_hosts_for_a_deployment_behind_a_proxy(engine):
         error_of(c.get("/healthz", headers={"Host": "localhost:8000"}), 400)
     with serve(engine, allowed_hosts="*") as c:
         assert c.get("/healthz", headers={"Host": "anything.example"}).status_code == 200
-    parse = build_parser().parse_args
+    parse = build_parser("serve").parse_args
     assert config_from_args(parse(["serve"])).allowed_hosts is None  # loopback: the loopback names
     assert config_from_args(parse(["serve", "--host", "::1"])).allowed_hosts is None
     assert config_from_args(parse(["serve", "--host", "0.0.0.0"])).allowed_hosts == "*"
