@@ -1,6 +1,6 @@
 """Text normalisation, used identically at preprocessing and at chat time.
 
-Choices (documented in the README):
+Choices (documented in docs/corpora.md):
 - full-width ASCII forms (U+FF01..U+FF5E) and the ideographic space become their half-width forms,
   so "，" and "," are one character; CJK punctuation with no half-width twin ("。", "、") stays;
 - control and format characters (zero-width spaces, BOMs, C0/C1 controls) are removed;

@@ -15,7 +15,7 @@ so that a stopped run continues where it stopped (training stages resume from th
                  and OUTPUT/README.md (the model card)
 
 Everything is seeded; the training stages run a fixed number of steps, so a rerun on a CPU
-computes the same weights. RecipeConfig holds every choice; `tests/test_recipe.py` runs the whole
+computes the same weights. RecipeConfig holds every choice; `tests/recipe/test_recipe.py` runs the whole
 recipe on tiny sources in seconds.
 """
 
@@ -93,7 +93,7 @@ class RecipeConfig:
     max_len: int = 256
     # 8 x 256 (7.9 M parameters), pre-trained on 62.7 M tokens (2 epochs of SMILE) in batches of 32,768
     # positions, the chitchat stages at lr 3e-4: the best of 10 variants of a sweep at equal time on one
-    # GPU (bench/recipe_sweep.py; README, "The default model").
+    # GPU (bench/recipe_sweep.py; models/default/RECIPE_SWEEP.md).
     preset: str = "small"
     model_config: dict = field(default_factory=lambda: {"n_layer": 8, "n_embd": 256, "n_head": 4, "n_positions": 256})
     # the chitchat stages start from pre-training's last step; each keeps its best step on CPED valid
@@ -321,7 +321,7 @@ def build_manifest(cfg: RecipeConfig, files: dict, log: dict, runs: Path, starte
     keys = ("bleu2_char", "distinct2_char", "f1_char", "avg_len_chars", "repeat_3gram_rate", "empty_rate")
     model_conf = json.loads((cfg.output / "dialogue" / "config.json").read_text(encoding="utf-8"))
     return {
-        "recipe": "chitchat default-model (chitchat/recipe.py)",
+        "recipe": "chitchat default-model (chitchat/recipe/recipe.py)",
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
         "model": {k: model_conf[k] for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")},
         "sources": {"pretrain": [src(s) for s in cfg.pretrain_sources], "chitchat": [src(s) for s in cfg.chitchat_sources],
@@ -390,7 +390,7 @@ tags: [gpt2, dialogue, chitchat, chinese]
 A small Chinese chitchat model (GPT-2, {model['n_layer']} layers x {model['n_embd']}, {model['n_head']} heads,
 {model['n_positions']} positions, {model['vocab_size']:,} characters, {params / 1e6:.1f} M parameters) and its
 reverse MMI model, which scores P(history | reply) to rerank candidates. Built by `make default-model`
-(`chitchat default-model`, `chitchat/recipe.py`) from open corpora: {train_minutes:.0f} minutes of training on
+(`chitchat default-model`, `chitchat/recipe/recipe.py`) from open corpora: {train_minutes:.0f} minutes of training on
 {' and '.join(trained_on)}, data preparation and evaluation on {_where(m['machine'])} ({m['wall_seconds'] / 60:.0f} minutes
 of stages in all). `TRAINED_ON.json` beside this card records every source (with SHA-256), stage, step
 count, token count, time and machine.
