@@ -18,7 +18,8 @@ from typing import Callable, Iterable, TextIO
 
 from chitchat.errors import ChitchatError
 from chitchat.chat.session import Session, default_transcript_path
-from chitchat.engine.options import add_engine_arguments, add_sampling_arguments, load_engine, sampling_from_args
+from chitchat.engine.options import (add_engine_arguments, add_ranking_arguments, add_sampling_arguments, load_engine,
+                                     ranking_from_args, sampling_from_args)
 from chitchat.engine.settings import ChatSettings
 from chitchat.files import user_data_dir
 
@@ -29,7 +30,8 @@ HELP = """commands:
   /candidates         the last turn's candidates and their scores (lower is better)
   /set                list the settings
   /set NAME VALUE     change one: temperature, topk, topp, repetition_penalty, no_repeat_ngram_size,
-                      min_len, max_len, candidates, mmi on|off, max_history, seed
+                      min_len, max_len, candidates, mmi on|off, max_history, seed,
+                      ranking (mmi, pmi, likelihood or a mix such as mmi+0.5*pmi)
   /save [PATH]        write the transcript now (default: the transcript file)
   /quit               end (Ctrl-D too)"""
 
@@ -226,6 +228,7 @@ def add_arguments(p) -> None:
     p.add_argument("--transcript", type=Path, metavar="PATH",
                    help="transcript file written on exit; none: transcripts/ in the user data directory")
     add_sampling_arguments(p)
+    add_ranking_arguments(p)
 
 
 def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -233,7 +236,7 @@ def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
     settings = ChatSettings(sampling_from_args(args), mmi=not args.no_mmi, max_history_len=args.max_history_len,
-                            seed=args.seed).validate()
+                            seed=args.seed, ranking=ranking_from_args(args)).validate()
 
     def say(text: str) -> None:  # start-up notices: on the terminal, or on stderr when scripted
         print(text, file=sys.stderr if not interactive else stdout, flush=True)

@@ -20,6 +20,7 @@ import torch
 
 from chitchat.errors import ChitchatError
 from chitchat.engine.engine import Engine
+from chitchat.engine.ranking import effective_ranking, parse_ranking
 from chitchat.engine.replies import Candidate, WrittenText
 from chitchat.engine.settings import ChatSettings
 from chitchat.files import user_data_dir
@@ -34,7 +35,7 @@ _ALIASES = {
     "repetition_penalty": "repetition_penalty",
     "no_repeat_ngram_size": "no_repeat_ngram_size", "no_repeat_ngram": "no_repeat_ngram_size",
     "min_len": "min_len", "max_len": "max_len", "candidates": "candidates",
-    "mmi": "mmi", "max_history": "max_history_len", "max_history_len": "max_history_len", "seed": "seed",
+    "mmi": "mmi", "ranking": "ranking", "rank": "ranking", "max_history": "max_history_len", "max_history_len": "max_history_len", "seed": "seed",
 }
 _ON = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
 
@@ -103,7 +104,8 @@ class Session:
         history = self.history + [user]
         s = self.settings
         if progress is None:
-            reply = self.engine.reply(s.visible(history), s.sampling, mmi=s.mmi, generator=self.generator)
+            reply = self.engine.reply(s.visible(history), s.sampling, mmi=s.mmi, generator=self.generator,
+                                      ranking=s.ranking)
         else:
             reply = self._reply_with_progress(s.visible(history), progress)
         self.history = history + [reply.text]
@@ -119,7 +121,8 @@ class Session:
 
     def _reply_with_progress(self, history: list[str], progress: Callable[[str | None], None]):
         s = self.settings
-        steps = self.engine.replies_stream([history], s.sampling, mmi=s.mmi, generator=self.generator)
+        steps = self.engine.replies_stream([history], s.sampling, mmi=s.mmi, generator=self.generator,
+                                           ranking=s.ranking)
         written = WrittenText(self.engine) if self.streams else None
         try:
             while True:
@@ -146,6 +149,13 @@ class Session:
             if s.mmi and self.engine.mmi is None:
                 return "mmi on, but there is no MMI model: candidates are ranked by likelihood"
             return f"mmi {'on' if s.mmi else 'off'}"
+        if key == "ranking":
+            s.ranking = str(parse_ranking(value))
+            used = str(effective_ranking(s.ranking, s.mmi, self.engine.mmi is not None))
+            if used != s.ranking:
+                why = "mmi is off" if not s.mmi else "there is no MMI model"
+                return f"ranking {s.ranking}, but {why}: candidates are ranked by {used}"
+            return f"ranking {s.ranking}"
         if key == "seed":
             s.seed = None if value.lower() in ("none", "random", "off") else _parse(key, value, int)
             self._seed(s.seed)

@@ -16,9 +16,13 @@ back is described in replies.py.
   history given the candidate, `[CLS] candidate [SEP] u_n [SEP] ... u_1 [SEP]`, counted on the
   history tokens only (their [SEP]s included), all candidates in one right-padded batch. Only the
   positions that are scored go through the last layer's attention output and MLP, and the output
-  layer (about a third of the work) only at them. The reply is the non-empty candidate with the
-  lowest MMI score (without MMI, the one the dialogue model finds most likely); when every
-  candidate is empty the history is sampled again.
+  layer (about a third of the work) only at them.
+- PMI: when the ranking needs it, each candidate is also scored given no context (`[CLS] candidate
+  [SEP]`), all in one batch (`score_empty_many`).
+- Choosing (chitchat.engine.ranking): the reply is a non-empty candidate, a finished one (ended
+  with [SEP]) before one cut at `max_len`, with the lowest score under the ranking (`ranking`,
+  default `DEFAULT_RANKING`; MMI off: likelihood); when every candidate is empty the history is
+  sampled again.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 
 from chitchat.corpus.normalize import normalize
 from chitchat.engine.fast import FastGPT2, torch_threads
+from chitchat.engine.ranking import LIKELIHOOD, Ranking, choose, effective_ranking
 from chitchat.engine.replies import Candidate, Reply, ReplyStep, Steps, run_to_end
 from chitchat.engine.sampler import Sampler, seed_generator
 from chitchat.errors import ChitchatError
@@ -308,32 +313,54 @@ class Engine:
             for cand in owner:
                 cand.mmi = score
 
+    @torch.inference_mode()
+    def score_empty_many(self, candidates: list[Candidate]) -> None:
+        """Set `nll_empty` on each candidate: the dialogue model's mean NLL of it given no context,
+        `[CLS] candidate [SEP]` (no [SEP] for one cut at max_len, as its `nll` counts none), all in
+        one batch; identical candidates are scored once."""
+        same: dict[tuple[tuple[int, ...], bool], list[Candidate]] = {}
+        for cand in candidates:
+            same.setdefault((tuple(cand.ids), cand.finished), []).append(cand)
+        if not same:
+            return
+        sequences = [[self.cls_id, *ids, *([self.sep_id] if finished else [])] for ids, finished in same]
+        with torch_threads(self.threads):
+            nll = self.fast.sequence_nll(sequences, [1] * len(sequences), self.pad_id).tolist()
+        for owner, score in zip(same.values(), nll):
+            for cand in owner:
+                cand.nll_empty = score
+
+    def score_for(self, ranking: Ranking, groups: list[tuple[list[list[int]], list[Candidate]]]) -> None:
+        """The scores `ranking` needs of each (history, non-empty candidates) group, in batches."""
+        if ranking.needs_mmi:
+            self.score_mmi_many(groups)
+        if ranking.needs_empty:
+            self.score_empty_many([c for _, cands in groups for c in cands])
+
     @staticmethod
-    def choose(candidates: list[Candidate], use_mmi: bool) -> tuple[int | None, str]:
+    def choose(candidates: list[Candidate], use_mmi: bool = True,
+               ranking: Ranking | str | None = None) -> tuple[int | None, str]:
         """Index of the best candidate and the ranking used; None when every candidate is empty.
-        With MMI: the lowest finite MMI score among non-empty candidates; when there is none, the
-        non-empty candidate the dialogue model finds most likely."""
-        usable = [i for i, c in enumerate(candidates) if not c.empty]
-        if not usable:
-            return None, "none"
-        if use_mmi:
-            scored = [i for i in usable if candidates[i].mmi is not None and math.isfinite(candidates[i].mmi)]
-            if scored:
-                return min(scored, key=lambda i: candidates[i].mmi), "mmi"
-        finite = [i for i in usable if math.isfinite(candidates[i].nll)] or usable
-        return min(finite, key=lambda i: candidates[i].nll), "likelihood"
+        `ranking` (chitchat.engine.ranking) None: MMI when `use_mmi`, else likelihood. Finished
+        candidates first, then the lowest finite score; when none has one, the most likely."""
+        if ranking is None:
+            ranking = "mmi" if use_mmi else LIKELIHOOD
+        return choose(candidates, ranking)
 
     def replies(self, histories: list[list[str]] | list[list[list[int]]], sampling: SamplingConfig | None = None,
-                seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None) -> list[Reply]:
+                seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None,
+                ranking: Ranking | str | None = None) -> list[Reply]:
         """One reply per history (utterances oldest first, the user's last one at the end), sampled
-        together: `candidates` per history, scored by MMI when there is an MMI model and `mmi` is on,
-        and the best one picked. Never empty: a history whose candidates are all empty is sampled
-        again, and in the last round [SEP] may not come first."""
-        return run_to_end(self.replies_stream(histories, sampling, seed, mmi=mmi, generator=generator))
+        together: `candidates` per history, scored as `ranking` needs (None: the default ranking;
+        `mmi` off: likelihood; no MMI model: the ranking without MMI), and the best one picked.
+        Never empty: a history whose candidates are all empty is sampled again, and in the last
+        round [SEP] may not come first."""
+        return run_to_end(self.replies_stream(histories, sampling, seed, mmi=mmi, generator=generator,
+                                              ranking=ranking))
 
     def replies_stream(self, histories: list[list[str]] | list[list[list[int]]],
                        sampling: SamplingConfig | None = None, seed: int | None = None, *, mmi: bool = True,
-                       generator: torch.Generator | None = None) -> Steps:
+                       generator: torch.Generator | None = None, ranking: Ranking | str | None = None) -> Steps:
         """`replies` as a generator: yields a `ReplyStep` after each decoding step and returns what
         `replies` returns (the same replies for the same seed). `send` it a set of history indices
         to give up (clients that went away): their rows leave the batch at once, they are not
@@ -342,7 +369,7 @@ class Engine:
         gen = generator if generator is not None else seed_generator(seed)
         utterances = [self.fit_history(self._as_ids(h), cfg.max_len) for h in histories]
         contexts = [self.context_ids(u) for u in utterances]
-        use_mmi = mmi and self.mmi is not None
+        rank = effective_ranking(ranking, mmi, self.mmi is not None)
         n = cfg.candidates
         out: list[Reply | None] = [None] * len(histories)
         pending = list(range(len(histories)))
@@ -363,15 +390,14 @@ class Engine:
             except StopIteration as end:
                 sampled = end.value
             kept = [(i, cands) for i, cands in zip(pending, sampled) if i not in dropped]
-            if use_mmi:
-                self.score_mmi_many([(utterances[i], [c for c in cands if not c.empty]) for i, cands in kept])
+            self.score_for(rank, [(utterances[i], [c for c in cands if not c.empty]) for i, cands in kept])
             still = []
             for i, cands in kept:
-                chosen, ranking = self.choose(cands, use_mmi)
+                chosen, used = choose(cands, rank)
                 if chosen is None:
                     still.append(i)
                 else:
-                    out[i] = Reply(cands[chosen].text, cands, chosen, ranking, attempt)
+                    out[i] = Reply(cands[chosen].text, cands, chosen, used, attempt)
             pending = still
             if not pending:
                 break
@@ -380,6 +406,7 @@ class Engine:
         return out
 
     def reply(self, history: list[str] | list[list[int]], sampling: SamplingConfig | None = None,
-              seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None) -> Reply:
+              seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None,
+              ranking: Ranking | str | None = None) -> Reply:
         """`replies` for one history."""
-        return self.replies([history], sampling, seed, mmi=mmi, generator=generator)[0]
+        return self.replies([history], sampling, seed, mmi=mmi, generator=generator, ranking=ranking)[0]

@@ -1,5 +1,6 @@
 """Options shared by `chitchat chat`, `chitchat eval` and `chitchat serve`, each defined once: the engine
-flags (EngineOptions: which models, on which device) and the sampling flags (SamplingConfig's fields)."""
+flags (EngineOptions: which models, on which device), the sampling flags (SamplingConfig's fields) and
+the ranking flag (RankingOptions)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from chitchat.engine.engine import Engine
+from chitchat.engine.ranking import DEFAULT_RANKING, SYNTAX, parse_ranking
 from chitchat.errors import ChitchatError
 from chitchat.model.default import ensure_default_model
 from chitchat.model.sampling import SamplingConfig
@@ -32,6 +34,24 @@ class EngineOptions:
         if self.threads is not None and self.threads < 1:
             raise ChitchatError("--threads must be >= 1")
         return self
+
+
+@dataclass
+class RankingOptions:
+    """How the sampled candidates are ranked (chitchat.engine.ranking)."""
+
+    ranking: str = option(DEFAULT_RANKING, metavar="SPEC",
+                          help=f"how candidates are ranked, lower is better: {SYNTAX} "
+                               f"(default {DEFAULT_RANKING}; with no MMI model its MMI term is left out)")
+
+
+def add_ranking_arguments(p) -> None:
+    add_options(p, RankingOptions, group="sampling")
+
+
+def ranking_from_args(args) -> str:
+    """The --ranking flag, checked and written canonically; a bad one is a one-line ChitchatError."""
+    return str(parse_ranking(options_from_args(RankingOptions, args).ranking))
 
 
 def add_engine_arguments(p, *, defaults: dict | None = None, skip: tuple[str, ...] = (),

@@ -17,20 +17,24 @@ from typing import Protocol
 class Candidate:
     """One sampled reply. `nll`: the dialogue model's mean negative log-likelihood per token of the
     reply (its closing [SEP] included); `mmi`: the MMI model's mean NLL of the reversed history given
-    the reply (None when not scored, NaN/inf when the MMI model failed on it). Lower is better."""
+    the reply (None when not scored, NaN/inf when the MMI model failed on it); `nll_empty`: the
+    dialogue model's mean NLL of the reply given no context (None when the ranking needs no PMI).
+    Lower is better (chitchat.engine.ranking ranks by them)."""
 
     text: str
     ids: list[int]
     nll: float
     mmi: float | None = None
     finished: bool = True  # ended with [SEP] (False: cut at max_len)
+    nll_empty: float | None = None
 
     @property
     def empty(self) -> bool:
         return not self.text.strip()
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "nll": _json_float(self.nll), "mmi": _json_float(self.mmi), "finished": self.finished}
+        return {"text": self.text, "nll": _json_float(self.nll), "mmi": _json_float(self.mmi), "finished": self.finished,
+                "nll_empty": _json_float(self.nll_empty)}
 
 
 @dataclass
@@ -38,7 +42,8 @@ class Reply:
     text: str
     candidates: list[Candidate]
     chosen: int
-    ranking: str  # "mmi", or "likelihood" when there is no MMI model, it is off, or it failed on all candidates
+    ranking: str  # the ranking used (chitchat.engine.ranking: "mmi", "mmi+0.5*pmi", ...), or "likelihood"
+    # when MMI is off or no candidate has a finite score under the ranking
     attempts: int = 1  # sampling rounds (more than 1 when every candidate came out empty)
 
 

@@ -1,10 +1,11 @@
-"""A conversation's reply settings: sampling, MMI ranking, how much history the model sees, the seed.
+"""A conversation's reply settings: sampling, ranking, how much history the model sees, the seed.
 The chat, the evaluator and the server share them."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from chitchat.engine.ranking import DEFAULT_RANKING, parse_ranking
 from chitchat.errors import ChitchatError
 from chitchat.model.sampling import SamplingConfig
 
@@ -12,7 +13,8 @@ from chitchat.model.sampling import SamplingConfig
 @dataclass
 class ChatSettings:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    mmi: bool = True  # rank by MMI when there is an MMI model
+    mmi: bool = True  # use the MMI model when there is one (off: rank by likelihood)
+    ranking: str = DEFAULT_RANKING  # how candidates are ranked (chitchat.engine.ranking)
     max_history_len: int = 3  # utterances the model sees, the user's new one included
     seed: int | None = None
 
@@ -20,10 +22,11 @@ class ChatSettings:
         self.sampling.validate()
         if self.max_history_len < 1:
             raise ChitchatError(f"max_history_len {self.max_history_len} must be >= 1")
+        self.ranking = str(parse_ranking(self.ranking))
         return self
 
     def to_dict(self) -> dict:
-        return {**asdict(self.sampling), "mmi": self.mmi, "max_history_len": self.max_history_len, "seed": self.seed}
+        return {**asdict(self.sampling), "mmi": self.mmi, "ranking": self.ranking, "max_history_len": self.max_history_len, "seed": self.seed}
 
     def visible(self, history: list) -> list:
         """The utterances of `history` (the new one last) the model is given: the last `max_history_len`

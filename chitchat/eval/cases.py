@@ -11,6 +11,7 @@ from pathlib import Path
 
 from chitchat.corpus.normalize import normalize
 from chitchat.corpus.readers import ReadStats, read_corpus
+from chitchat.engine.ranking import DEFAULT_RANKING
 from chitchat.engine.settings import ChatSettings
 from chitchat.model.sampling import SamplingConfig
 from chitchat.options import option
@@ -39,6 +40,7 @@ class EvalConfig:
     max_history_len: int = option(DEFAULT_MAX_HISTORY, metavar="N", help="utterances of context at most")
     format: str | None = option(None, help="input format of --data (default: detected per file)")
     sampling: SamplingConfig = option(cli=False, default_factory=SamplingConfig, help="how replies are sampled")
+    ranking: str = option(DEFAULT_RANKING, cli=False, help="how the MMI-ranked replies are chosen (--ranking)")
     int8: bool = option(False, cli=False, help="int8 weights (CPU)")
     device: str = option("cpu", cli=False, help="cpu or cuda[:N]")
     threads: int | None = option(None, cli=False, help="torch threads; none: torch's default (every core), "

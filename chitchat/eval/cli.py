@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from chitchat.engine.options import add_engine_arguments, add_sampling_arguments, engine_options_from_args, sampling_from_args
+from chitchat.engine.options import (add_engine_arguments, add_ranking_arguments, add_sampling_arguments,
+                                     engine_options_from_args, ranking_from_args, sampling_from_args)
 from chitchat.errors import ChitchatError
 from chitchat.eval.cases import EvalConfig
 from chitchat.eval.evaluate import evaluate
@@ -17,6 +18,7 @@ def add_arguments(p) -> None:
     add_engine_arguments(p, skip=("no_mmi",), several_models=True)
     add_options(p, EvalConfig)
     add_sampling_arguments(p)
+    add_ranking_arguments(p)
 
 
 def run(args) -> int:
@@ -30,6 +32,7 @@ def run(args) -> int:
         dialogue, default_mmi = ensure_default_model(say=lambda text: print(text, file=sys.stderr))
         models, mmi_model = [dialogue], mmi_model or default_mmi
     cfg = options_from_args(EvalConfig, args, models=models, mmi_model=mmi_model, sampling=sampling_from_args(args),
+                            ranking=ranking_from_args(args),
                             int8=engine.int8, device=engine.device, threads=engine.threads)
     report, timing = evaluate(cfg)
     skipped = report["skipped"]

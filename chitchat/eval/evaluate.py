@@ -80,7 +80,8 @@ def run_model(engine: Engine, cases: list[Case], cfg: EvalConfig, use_mmi: bool)
     started = time.perf_counter()
     for i in range(0, len(order), cfg.batch_size):
         batch = order[i:i + cfg.batch_size]
-        out = engine.replies([cases[k].context for k in batch], cfg.sampling, mmi=use_mmi, generator=gen)
+        out = engine.replies([cases[k].context for k in batch], cfg.sampling, mmi=use_mmi, generator=gen,
+                             ranking=cfg.ranking)
         for k, reply in zip(batch, out):
             replies[k] = reply
         bar.update(len(batch))
@@ -112,7 +113,7 @@ def _generation(name: str, engine: Engine, cases: list[Case], cfg: EvalConfig, s
         picked = result["chosen"][m]
         hyps = [c.text for c in picked]
         systems[system] = {
-            "model": engine.model_path, "ranking": "mmi" if m else "likelihood",
+            "model": engine.model_path, "ranking": cfg.ranking if m else "likelihood",
             "perplexity_token": perplexity(total_nll, tokens),
             "perplexity_char": perplexity(total_nll, n_chars),
             **reply_metrics(hyps, refs),
@@ -200,6 +201,7 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, dict]:
                       "skipped": dict(sorted(sel_skipped.items())), "systems": selected} if groups else None,
         "settings": {"sampling": asdict(cfg.sampling), "seed": cfg.seed, "batch_size": cfg.batch_size,
                      "limit": cfg.limit, "last_turn_only": cfg.last_turn_only, "negatives": cfg.negatives,
+                     "ranking": cfg.ranking,
                      "max_history_len": cfg.max_history_len, "int8": cfg.int8, "device": cfg.device},
         "models": [{"path": e.model_path, "hash": model_hash(e.model_path)} for e in engines],
         "mmi_model": {"path": engines[0].mmi_path, "hash": model_hash(engines[0].mmi_path)} if cfg.mmi_model else None,

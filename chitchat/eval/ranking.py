@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from chitchat.engine.ranking import effective_ranking
+
 
 @dataclass
 class CandidateScores:
@@ -33,9 +35,9 @@ class CandidateScores:
 
 
 def _chat(s: CandidateScores) -> float:
-    """What `Engine.choose` ranks by: MMI when there is an MMI model (a candidate the MMI model failed
-    on comes last), else the dialogue model's likelihood."""
-    return s.nll if s.mmi is None else s.mmi
+    """What the chat ranks by by default (chitchat.engine.ranking.DEFAULT_RANKING; without an MMI
+    model, its other terms or likelihood); a candidate a needed model failed on comes last."""
+    return effective_ranking(None, True, s.mmi is not None).score(s)
 
 
 # name -> (candidate scores -> float, lower is better). A new ranking (a weighted mix) is one entry.

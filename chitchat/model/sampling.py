@@ -30,9 +30,10 @@ class SamplingConfig:
                                        help="divide the probability weight of tokens already in the reply by R (1: off)")
     no_repeat_ngram_size: int = option(3, metavar="N", help="never repeat an N-gram within a reply (0: off)")
     min_len: int = option(1, metavar="N", help="tokens a reply has at least")
-    max_len: int = option(25, metavar="N", help="tokens a reply has at most")
+    # about the 90th percentile of reply lengths in the fine-tuning corpora (models/default/RANKING_SWEEP.md)
+    max_len: int = option(40, metavar="N", help="tokens a reply has at most")
     candidates: int = option(5, metavar="N",
-                             help="replies sampled per turn, then ranked (by MMI when there is an MMI model)")
+                             help="replies sampled per turn, then ranked (--ranking)")
 
     def validate(self) -> "SamplingConfig":
         problems = []

@@ -122,6 +122,7 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None) -> FastAPI:
             "preset": _preset(engine.fast), "vocab_size": len(engine.tokenizer), "n_positions": engine.n_positions,
             "int8": engine.int8, "device": str(engine.device), "threads": engine.threads,
             "settings": {**asdict(settings.sampling), "mmi": settings.mmi and engine.mmi is not None,
+                         "ranking": settings.ranking,
                          "max_history_len": settings.max_history_len},
             "limits": {k: getattr(cfg, k) for k in ("max_body_bytes", "max_text_chars", "max_history", "max_tokens",
                                                      "max_n", "max_sessions", "session_idle_s", "max_queue")},

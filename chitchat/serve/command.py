@@ -13,7 +13,8 @@ import sys
 import torch
 import uvicorn
 
-from chitchat.engine.options import add_engine_arguments, add_sampling_arguments, load_engine, sampling_from_args
+from chitchat.engine.options import (add_engine_arguments, add_ranking_arguments, add_sampling_arguments, load_engine,
+                                     ranking_from_args, sampling_from_args)
 from chitchat.engine.settings import ChatSettings
 from chitchat.errors import ChitchatError
 from chitchat.options import add_options, options_from_args
@@ -42,6 +43,7 @@ def add_arguments(p) -> None:
                          ("connections", CONNECTIONS), ("batching", BATCHING)):
         add_options(p, ServeConfig, group=title, skip=tuple(every - set(names)))
     add_sampling_arguments(p)
+    add_ranking_arguments(p)
 
 
 def is_loopback(host: str) -> bool:
@@ -54,7 +56,8 @@ def is_loopback(host: str) -> bool:
 
 
 def config_from_args(args) -> ServeConfig:
-    settings = ChatSettings(sampling_from_args(args), mmi=not args.no_mmi, max_history_len=args.max_history_len)
+    settings = ChatSettings(sampling_from_args(args), mmi=not args.no_mmi, max_history_len=args.max_history_len,
+                            ranking=ranking_from_args(args))
     key = os.environ.get("CHITCHAT_API_KEY")
     if key is not None and key != "" and (problem := key_problem(key)):
         raise ChitchatError(problem)

@@ -35,7 +35,7 @@ class ServeState:
         turn = turn or self.settings
         worker = self.running_worker()
         try:
-            return await worker.reply(turn.visible(history), sampling, seed, turn.mmi)
+            return await worker.reply(turn.visible(history), sampling, seed, turn.mmi, turn.ranking)
         except WorkerUnavailable as e:
             raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
         except ChitchatError as e:
@@ -47,7 +47,8 @@ class ServeState:
         turn = turn or self.settings
         worker = self.running_worker()
         try:
-            return worker.submit(turn.visible(history), sampling, seed, turn.mmi, stream=True)
+            return worker.submit(turn.visible(history), sampling, seed, turn.mmi, stream=True,
+                                 ranking=turn.ranking)
         except WorkerUnavailable as e:
             raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
+from chitchat.engine.ranking import parse_ranking
 from chitchat.engine.replies import Reply
 from chitchat.errors import ChitchatError
 from chitchat.model.sampling import SamplingConfig
@@ -98,7 +99,7 @@ def ranked(reply: Reply) -> list[int]:
     """Candidate indices: the chosen one, then the others by the ranking used; empty ones last."""
     def key(i: int):
         c = reply.candidates[i]
-        score = c.mmi if reply.ranking == "mmi" else c.nll
+        score = parse_ranking(reply.ranking).score(c)
         finite = score is not None and math.isfinite(score)
         return (i != reply.chosen, c.empty, not finite, score if finite else 0.0)
     return sorted(range(len(reply.candidates)), key=key)

@@ -117,7 +117,7 @@ def turn_settings(base: ChatSettings, override) -> ChatSettings:
     given = {k: v for k, v in override.model_dump().items() if v is not None}
     sampling = replace(base.sampling, **{k: given[k] for k in ("temperature", "top_k", "top_p", "candidates")
                                           if k in given})
-    turn = replace(base, sampling=sampling, mmi=given.get("mmi", base.mmi),
+    turn = replace(base, sampling=sampling, mmi=given.get("mmi", base.mmi), ranking=given.get("ranking", base.ranking),
                    max_history_len=given.get("max_history_len", base.max_history_len))
     try:
         return turn.validate()

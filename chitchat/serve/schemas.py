@@ -49,13 +49,15 @@ class CandidateOut(BaseModel):
     nll: float | str = Field(description="dialogue model's mean negative log-likelihood per token (lower is better)")
     mmi: float | str | None = Field(description="MMI model's mean NLL of the history given the reply; null without MMI")
     finished: bool = Field(description="false when the reply was cut at max_len")
+    nll_empty: float | str | None = Field(None, description="dialogue model's mean NLL of the reply given no context "
+                                                            "(PMI rankings); null when not scored")
 
 
 class GenerateResponse(BaseModel):
     generated_text: str
     candidates: list[CandidateOut] | None = None
     chosen: int | None = Field(None, description="index of the reply among the candidates")
-    ranking: str | None = Field(None, description="mmi or likelihood")
+    ranking: str | None = Field(None, description="the ranking used: mmi, pmi, a mix such as mmi+0.5*pmi, or likelihood")
 
 
 class SessionCreated(BaseModel):
@@ -73,7 +75,7 @@ class SessionReply(SessionState):
     kept: bool = Field(description="false when the session was deleted or evicted while the reply was computed")
     candidates: list[CandidateOut] = Field(description="every candidate sampled this turn, with its scores")
     chosen: int = Field(description="index of the reply among the candidates")
-    ranking: str = Field(description="mmi or likelihood")
+    ranking: str = Field(description="the ranking used: mmi, pmi, a mix such as mmi+0.5*pmi, or likelihood")
 
 
 class SessionDeleted(BaseModel):
@@ -135,6 +137,8 @@ def request_models(text_limit: int, history_limit: int, tokens_limit: int, n_lim
         top_p: number(ge=0, le=1) | None = Field(None, description="0: off")
         candidates: integer(1, n_limit) | None = Field(None, description="replies sampled, then ranked")
         mmi: bool | None = Field(None, description="rank by the MMI model (when the server has one)")
+        ranking: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+            None, description="how candidates are ranked: mmi, pmi, likelihood or a mix such as mmi+0.5*pmi")
         max_history_len: integer(1, history_limit + 1) | None = Field(
             None, description="utterances the model sees, the new one included; the session keeps as many")
 

@@ -60,13 +60,14 @@ class Job:
     deltas: asyncio.Queue | None = None  # streaming: text as it is written, then None
     cancelled: bool = False  # set from the event loop when the client has gone
     written: WrittenText | None = None  # the text put on `deltas` so far
+    ranking: str | None = None  # how candidates are ranked (chitchat.engine.ranking); None: the engine's default
 
     @property
     def sent(self) -> str:
         return self.written.text if self.written is not None else ""
 
     def group_key(self):
-        return ("alone", id(self)) if self.seed is not None else (astuple(self.sampling), self.mmi)
+        return ("alone", id(self)) if self.seed is not None else (astuple(self.sampling), self.mmi, self.ranking)
 
     def post(self, callback, *args) -> None:
         try:
@@ -105,8 +106,8 @@ class ModelWorker:
         self.thread.start()
 
     async def reply(self, history: list[str], sampling: SamplingConfig, seed: int | None = None,
-                    mmi: bool = True) -> Reply:
-        job = self.submit(history, sampling, seed, mmi)
+                    mmi: bool = True, ranking: str | None = None) -> Reply:
+        job = self.submit(history, sampling, seed, mmi, ranking=ranking)
         try:
             return await job.future
         except asyncio.CancelledError:  # the client went away: free its rows in the batch
@@ -114,12 +115,12 @@ class ModelWorker:
             raise
 
     def submit(self, history: list[str], sampling: SamplingConfig, seed: int | None = None, mmi: bool = True,
-               stream: bool = False) -> Job:
+               stream: bool = False, ranking: str | None = None) -> Job:
         """Queue a request (from the event loop); await `job.future` for its Reply. With `stream`
         and one candidate, `job.deltas` gets the text as it is written, then None."""
         loop = asyncio.get_running_loop()
         job = Job(history, sampling, seed, mmi, loop, loop.create_future(),
-                  deltas=asyncio.Queue() if stream else None)
+                  deltas=asyncio.Queue() if stream else None, ranking=ranking)
         with self.lock:
             if self.closed:
                 raise WorkerUnavailable("the server is shutting down")
@@ -243,7 +244,9 @@ class ModelWorker:
         """One `Engine.replies_stream` over the group: text to the streaming requests with one
         candidate as each step writes it; cancelled requests given up at the next step."""
         first, engine = group[0], engine or self.engine
-        steps = engine.replies_stream([j.history for j in group], first.sampling, seed=first.seed, mmi=first.mmi)
+        ranked_by = {} if first.ranking is None else {"ranking": first.ranking}
+        steps = engine.replies_stream([j.history for j in group], first.sampling, seed=first.seed, mmi=first.mmi,
+                                      **ranked_by)
         live = first.sampling.candidates == 1
         gone: set[int] = set()
         give_up = None

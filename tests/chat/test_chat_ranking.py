@@ -1,0 +1,62 @@
+"""The chat's candidate ranking: `/set ranking`, the --ranking flag, what the transcript records."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from chitchat.chat.repl import run
+from chitchat.chat.session import Session
+from chitchat.cli import build_parser
+from chitchat.engine.engine import Engine
+from chitchat.engine.ranking import DEFAULT_RANKING
+from chitchat.engine.settings import ChatSettings
+from chitchat.errors import ChitchatError
+from chitchat.model.sampling import SamplingConfig
+
+
+@pytest.fixture(scope="module")
+def engine(model_dirs):
+    return Engine.load(*model_dirs)
+
+
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHITCHAT_HOME", str(tmp_path / "home"))
+
+
+def test_set_ranking_changes_how_the_next_reply_is_chosen(engine):
+    session = Session(engine, ChatSettings(SamplingConfig(max_len=6, candidates=3), seed=3))
+    assert session.settings.ranking == DEFAULT_RANKING
+    assert session.set("ranking", "MMI + 0.5*pmi") == "ranking mmi+0.5*pmi"
+    turn = session.respond("你好")
+    assert turn.ranking == "mmi+0.5*pmi" and turn.settings["ranking"] == "mmi+0.5*pmi"
+    assert all(c.mmi is not None and c.nll_empty is not None for c in turn.candidates)
+    assert session.records[-1]["candidates"][0]["nll_empty"] is not None
+    assert session.set("rank", "pmi") == "ranking pmi"
+    assert session.respond("今天好累啊").ranking == "pmi"
+
+
+def test_set_ranking_rejects_bad_values_and_says_when_mmi_is_unavailable(engine, model_dirs):
+    session = Session(engine)
+    for bad in ("bleu", "mmi+", "0*pmi", "mmi+mmi"):
+        with pytest.raises(ChitchatError):
+            session.set("ranking", bad)
+    assert session.settings.ranking == DEFAULT_RANKING
+    session.set("mmi", "off")
+    assert session.set("ranking", "mmi+pmi") == "ranking mmi+pmi, but mmi is off: candidates are ranked by likelihood"
+    no_mmi = Session(Engine.load(model_dirs[0]))
+    assert no_mmi.set("ranking", "mmi+pmi") == "ranking mmi+pmi, but there is no MMI model: candidates are ranked by pmi"
+
+
+def test_ranking_flag_reaches_the_transcript(model_dirs, tmp_path):
+    transcript = tmp_path / "t.jsonl"
+    argv = ["chat", "--model", str(model_dirs[0]), "--mmi-model", str(model_dirs[1]), "--max-len", "6",
+            "--ranking", "pmi", "--transcript", str(transcript)]
+    assert run(build_parser().parse_args(argv), stdin=io.StringIO("你好\n"), stdout=io.StringIO()) == 0
+    record = json.loads(transcript.read_text(encoding="utf-8").splitlines()[0])
+    assert record["ranking"] == "pmi" and record["settings"]["ranking"] == "pmi"
+    with pytest.raises(ChitchatError, match="unknown scoring"):
+        run(build_parser().parse_args(argv[:-4] + ["--ranking", "bleu"]), stdin=io.StringIO(""), stdout=io.StringIO())
