@@ -279,10 +279,20 @@ def run_recipe(cfg: RecipeConfig, say=print, until: str | None = None) -> dict |
 
     manifest = build_manifest(cfg, files, log, runs, started)
     (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(model_card(manifest), encoding="utf-8")
+    write_card(out / "README.md", manifest)
     say(f"default model ready in {out}: per-character perplexity {manifest['validation']['perplexity_char']:.2f} "
         f"on {cfg.valid_source.path} ({sum(v['seconds'] for v in log.values()):.0f} s of stages)")
     return manifest
+
+
+NOTES_MARK = "<!-- Notes below this line are written by hand; the recipe keeps them when it rewrites the card. -->"
+
+
+def write_card(path: Path, manifest: dict) -> None:
+    """The model card from the manifest, followed by the hand-written notes of the card it replaces."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
+    atomic_write(path, model_card(manifest) + ("\n" + notes if notes else ""))
 
 
 def _machine() -> dict:

@@ -63,6 +63,21 @@ def test_recipe_builds_a_complete_model(built):
     assert card.startswith("---\nlanguage: zh") and "## Limitations" in card and "lccc_style.json" in card
 
 
+def test_a_rewritten_card_keeps_the_hand_written_notes(built, tmp_path):
+    from chitchat.recipe.recipe import NOTES_MARK, model_card, write_card
+
+    _, manifest, _ = built
+    card = tmp_path / "README.md"
+    write_card(card, manifest)
+    assert card.read_text(encoding="utf-8") == model_card(manifest)  # no notes yet: the card alone
+    card.write_text("an old card\n" + NOTES_MARK + "\n\n## A conversation\nnotes\n", encoding="utf-8")
+    write_card(card, manifest)
+    text = card.read_text(encoding="utf-8")
+    assert text.startswith(model_card(manifest)) and "an old card" not in text
+    assert text.endswith(NOTES_MARK + "\n\n## A conversation\nnotes\n")
+    assert NOTES_MARK in (ROOT / "models" / "default" / "README.md").read_text(encoding="utf-8")
+
+
 def test_exported_weights_are_fp16_and_load_as_fp32(built):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
