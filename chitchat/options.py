@@ -81,7 +81,9 @@ def add_options(parser, cls, *, group: str | None = None, skip: tuple[str, ...] 
     unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
-    target = parser.add_argument_group(group) if group else parser
+    target = parser
+    if group:  # a group of that title already there (another call's) gets the new arguments too
+        target = next((g for g in parser._action_groups if g.title == group), None) or parser.add_argument_group(group)
     for f, meta, hint in _cli_fields(cls, skip):
         default = defaults[f.name] if f.name in defaults else _default(f)
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
