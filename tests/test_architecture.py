@@ -99,3 +99,9 @@ def test_no_import_circle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test modules by their file name: two folders' test_x.py would not both collect."""
+    names = [p.name for p in PACKAGE.parent.joinpath("tests").rglob("test_*.py")]
+    assert sorted(names) == sorted(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
