@@ -13,23 +13,11 @@ import pytest
 
 from chitchat.chat.repl import Repl, run, run_terminal
 from chitchat.cli import build_parser
-from chitchat.engine.engine import Engine
 from chitchat.model.sampling import SamplingConfig
 from chitchat.chat.session import Session
 from chitchat.engine.settings import ChatSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def engine(model_dirs):
-    return Engine.load(*model_dirs)
-
-
-@pytest.fixture(autouse=True)
-def data_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CHITCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 def chat(model_dirs, lines: list[str], *extra: str, transcript: Path | None = None) -> list[str]:

@@ -17,16 +17,6 @@ from chitchat.errors import ChitchatError
 from chitchat.model.sampling import SamplingConfig
 
 
-@pytest.fixture(scope="module")
-def engine(model_dirs):
-    return Engine.load(*model_dirs)
-
-
-@pytest.fixture(autouse=True)
-def data_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CHITCHAT_HOME", str(tmp_path / "home"))
-
-
 def test_set_ranking_changes_how_the_next_reply_is_chosen(engine):
     session = Session(engine, ChatSettings(SamplingConfig(max_len=6, candidates=3), seed=3))
     assert session.settings.ranking == DEFAULT_RANKING

@@ -14,26 +14,9 @@ from chitchat.engine.ranking import (DEFAULT_RANKING, LIKELIHOOD, Ranking, choos
                                      parse_ranking)
 from chitchat.engine.replies import Candidate
 from chitchat.errors import ChitchatError
-from chitchat.model.gpt2 import build_model
 from chitchat.model.sampling import SamplingConfig
-from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer
 
 HISTORY = ["你好", "你好啊,今天过得怎么样", "还不错,刚下班"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(DEFAULT_VOCAB)
-
-
-@pytest.fixture(scope="module")
-def models(tokenizer):
-    return build_model(tokenizer, "tiny", seed=1).eval(), build_model(tokenizer, "tiny", seed=2).eval()
-
-
-@pytest.fixture()
-def engine(tokenizer, models):
-    return Engine(models[0], tokenizer, models[1])
 
 
 def cand(text="好的", nll=2.0, mmi=None, nll_empty=None, finished=True) -> Candidate:

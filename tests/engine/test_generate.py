@@ -15,24 +15,9 @@ from chitchat.engine.replies import Candidate
 from chitchat.engine.sampler import nucleus_candidates
 from chitchat.model.sampling import SamplingConfig
 from chitchat.model.gpt2 import build_model
-from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, PAD, SEP, SPACE, UNK, load_tokenizer
+from chitchat.tokens.tokenizer import CLS, PAD, SEP, SPACE, UNK
 
 HISTORY = ["你好", "你好啊,今天过得怎么样", "还不错,刚下班"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(DEFAULT_VOCAB)
-
-
-@pytest.fixture(scope="module")
-def models(tokenizer):
-    return build_model(tokenizer, "tiny", seed=1).eval(), build_model(tokenizer, "tiny", seed=2).eval()
-
-
-@pytest.fixture()
-def engine(tokenizer, models):
-    return Engine(models[0], tokenizer, models[1])
 
 
 def ids_of(tokenizer, *tokens):
