@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from chitchat.engine.ranking import SCORINGS as ENGINE_SCORINGS
 from chitchat.engine.ranking import effective_ranking
 
 
@@ -40,13 +41,9 @@ def _chat(s: CandidateScores) -> float:
     return effective_ranking(None, True, s.mmi is not None).score(s)
 
 
-# name -> (candidate scores -> float, lower is better). A new ranking (a weighted mix) is one entry.
-SCORINGS: dict[str, Callable[[CandidateScores], float]] = {
-    "likelihood": lambda s: s.nll,
-    "mmi": lambda s: math.nan if s.mmi is None else s.mmi,
-    "pmi": lambda s: s.nll - s.nll_empty,  # -PMI per token: how much the context makes the reply likelier
-    "chat": _chat,
-}
+# name -> (candidate scores -> float, lower is better): the engine's scorings (likelihood, mmi, pmi),
+# and the chat's own ranking. A new ranking (a weighted mix) is one entry.
+SCORINGS: dict[str, Callable[[CandidateScores], float]] = {**ENGINE_SCORINGS, "chat": _chat}
 NEEDS_MMI = {"mmi"}
 SCORING_LABELS = {
     "likelihood": "likelihood per token (dialogue model)",
