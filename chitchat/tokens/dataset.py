@@ -87,6 +87,9 @@ def new_dataset_dir(output: Path) -> Path:
 
 
 def commit_dataset_dir(tmp: Path, output: Path) -> None:
+    """Make the fully written directory `tmp` the dataset `output`. A directory cannot be renamed over
+    a non-empty one (what chitchat.files.atomic_path does for files), so an old dataset is first
+    moved aside, then removed once the new one is in place."""
     output = Path(output)
     if output.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
