@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -60,21 +61,26 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, url: str, proc: subprocess.Popen):
-        self.url, self.proc = url, proc
-        self.stderr = ""  # once it has ended
+    def __init__(self, url: str, port: int, proc: subprocess.Popen):
+        self.url, self.port, self.proc = url, port, proc
+        self.stdout = self.stderr = ""  # once it has ended
 
 
 @contextmanager
-def running_server(model_dirs, *args: str, env: dict | None = None):
-    """`chitchat serve` on the tiny models and a free port, ready; stopped with SIGINT after (its
-    stderr then in `.stderr`)."""
+def running_server(model_dirs, *args: str, env: dict | None = None, files: int | None = None):
+    """`chitchat serve` on the tiny models and a free port, ready (`.url`, `.port`); stopped with SIGINT
+    after, its stdout (the access log, at `--log-level info` in `args`) and stderr then in `.stdout` and
+    `.stderr`. `files`: the process's file limit, soft and hard."""
+    def limit_files():
+        if files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
     port = free_port()
     cmd = [PYTHON, "-m", "chitchat", "serve", "--model", str(model_dirs[0]), "--mmi-model", str(model_dirs[1]),
            "--port", str(port), "--log-level", "warning", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**cli_env(), **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    server = Server(f"http://127.0.0.1:{port}", proc)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**cli_env(), **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit_files)
+    server = Server(f"http://127.0.0.1:{port}", port, proc)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -89,7 +95,7 @@ def running_server(model_dirs, *args: str, env: dict | None = None):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            _, server.stderr = proc.communicate(timeout=60)
+            server.stdout, server.stderr = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, server.stderr = proc.communicate()
+            server.stdout, server.stderr = proc.communicate()

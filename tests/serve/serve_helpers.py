@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
-import signal
-import socket
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -18,7 +14,7 @@ from chitchat.engine.settings import ChatSettings
 from chitchat.model.sampling import SamplingConfig
 from chitchat.serve.app import ServeConfig, create_app
 
-from support import PYTHON, ROOT, Server, cli_env
+from support import running_server
 
 HISTORY = ["你好", "你好啊,今天过得怎么样"]
 USER = [{"role": "user", "content": "还不错,刚下班"}]
@@ -76,12 +72,6 @@ def wait_for(condition, timeout: float = 20) -> None:
         time.sleep(0.01)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def sse(text: str) -> list:
     """The JSON data of each server-sent event ([DONE] as a string)."""
     events = [e[len("data: "):] for e in text.split("\n\n") if e]
@@ -92,33 +82,9 @@ def one_candidate(**changes) -> dict:
     return {"settings": ChatSettings(SamplingConfig(max_len=12, min_len=8, candidates=1)), **changes}
 
 
-@contextmanager
 def serve_process(model_dirs, *args: str, files: int | None = None):
-    """`chitchat serve` on the tiny models and a free port, ready (`.port`, `.url`); its stdout (the
-    access log) and stderr in `.stdout` and `.stderr` once stopped (SIGINT). `files`: the process's
-    file limit, soft and hard."""
-    def limit_files():
-        if files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
-
-    port = free_port()
-    proc = subprocess.Popen([PYTHON, "-m", "chitchat", "serve", "--model", str(model_dirs[0]), "--mmi-model",
-                             str(model_dirs[1]), "--port", str(port), "--max-len", "4", "--candidates", "1",
-                             "--threads", "1", *args], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit_files)
-    server = Server(f"http://127.0.0.1:{port}", proc)
-    server.port, server.stdout = port, ""
-    try:
-        wait_for(lambda: proc.poll() is not None or healthy(server.url), timeout=90)
-        assert proc.poll() is None, proc.stderr.read()
-        yield server
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            server.stdout, server.stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            server.stdout, server.stderr = proc.communicate()
+    """`running_server` with one short candidate per reply on one thread (see tests/support.py)."""
+    return running_server(model_dirs, "--max-len", "4", "--candidates", "1", "--threads", "1", *args, files=files)
 
 
 def healthy(url: str) -> bool:

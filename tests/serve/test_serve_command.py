@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -17,8 +15,8 @@ import httpx
 from chitchat.serve.app import create_app
 from chitchat.serve.connections import quiet_file_exhaustion
 
-from support import PYTHON, ROOT, cli_env
-from serve_helpers import config, Spy, wait_for, free_port, healthy, serve_process
+from support import free_port, running_server
+from serve_helpers import config, Spy, wait_for, healthy, serve_process
 
 
 # -- shutdown and the real command ----------------------------------------------------------------
@@ -55,29 +53,13 @@ def test_graceful_shutdown_finishes_the_requests_in_flight(engine, monkeypatch):
 
 
 def test_the_serve_command(model_dirs, tmp_path):
-    port = free_port()
-    env = {**cli_env(), "CHITCHAT_API_KEY": "tok"}
-    proc = subprocess.Popen([PYTHON, "-m", "chitchat", "serve", "--model", str(model_dirs[0]), "--mmi-model",
-                             str(model_dirs[1]), "--port", str(port), "--max-len", "6", "--log-level", "warning"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
-            time.sleep(0.2)
+    with running_server(model_dirs, "--max-len", "6", env={"CHITCHAT_API_KEY": "tok"}) as server:
+        url = server.url
         r = httpx.post(url + "/generate", json={"text": "你好"}, headers={"Authorization": "Bearer tok"}, timeout=30)
         assert r.status_code == 200 and r.json()["generated_text"]
         assert httpx.post(url + "/generate", json={"text": "你好"}, timeout=30).status_code == 401
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (0, 130) and "Traceback" not in err
+    err = server.stderr
+    assert server.proc.returncode in (0, 130) and "Traceback" not in err
     assert "bearer token on" in err
 
 
