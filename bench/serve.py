@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine import machine_note  # noqa: E402  (bench/, the script's own folder)
+from local_server import free_port, start_serve, wait_ready  # noqa: E402  (bench/, the script's own folder)
+from machine import machine_note  # noqa: E402
 
 HISTORY = ["今天下班以后我们去楼下新开的火锅店吧",
            "好啊不过听说那家店排队的人特别多要等很久"]
@@ -69,14 +69,8 @@ def build_models(root: Path, preset: str) -> tuple[Path, Path]:
     return root / "dialogue", root / "mmi"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(dialogue: Path, mmi: Path | None, port: int, candidates: int, args) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "chitchat", "serve", "--model", str(dialogue), "--host", "127.0.0.1",
+    cmd = ["--model", str(dialogue), "--host", "127.0.0.1",
            "--port", str(port), "--min-len", str(args.reply_len), "--max-len", str(args.reply_len),
            "--max-tokens", str(max(64, args.reply_len)), "--candidates", str(candidates), "--topk", "8",
            "--log-level", "warning"] + (["--threads", str(args.threads)] if args.threads else [])
@@ -87,23 +81,7 @@ def start_server(dialogue: Path, mmi: Path | None, port: int, candidates: int, a
         cmd += ["--max-batch", str(args.max_batch)]
     if args.int8:
         cmd.append("--int8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.pop("CHITCHAT_API_KEY", None)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench/serve.py: the server exited with status {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("bench/serve.py: the server did not come up")
+    return start_serve(cmd)
 
 
 class Connection:
@@ -245,7 +223,9 @@ def measure(dialogue: Path, mmi: Path, workload: str, levels: list[int], args) -
     port = free_port()
     proc = start_server(dialogue, mmi if use_mmi else None, port, candidates, args)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        problem = wait_ready(f"http://127.0.0.1:{port}", proc, timeout=180)
+        if problem:
+            raise SystemExit(f"bench/serve.py: {problem}")
         asyncio.run(load(port, 1, 5))  # warm-up
         asyncio.run(load(port, max(levels), 2 * max(levels)))
         results = {}

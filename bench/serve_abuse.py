@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from chitchat.model.gpt2 import build_model, save_model  # noqa: E402  (after the path: a checkout's package)
 from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from local_server import free_port, wait_ready  # noqa: E402  (bench/, the script's own folder)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -152,18 +146,10 @@ def main() -> int:
                                  "--max-len", "8", *args.serve_args], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT)  # the access log (stdout) too
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    print(log.read()[-2000:], file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+            if wait_ready(url, proc, timeout=120):
+                log.seek(0)
+                print(log.read()[-2000:], file=sys.stderr)
+                return 1
             rss_start = rss_mb(proc.pid)
             victim = httpx.post(url + "/sessions").json()["id"]
             history = httpx.post(f"{url}/sessions/{victim}/messages", json={"text": "你好"}, timeout=60).json()["history"]

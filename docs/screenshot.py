@@ -14,54 +14,29 @@ Needs Chromium and its driver (`make browser`, or Debian's `chromium` and `chrom
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from local_server import free_port, start_serve, wait_ready  # noqa: E402  (bench/: the serve benches' helpers)
+
 MESSAGES = ["你好", "今天天气真好", "周末一起去爬山吧"]
 CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(args, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "chitchat", "serve", "--port", str(port), "--log-level", "warning",
-           "--threads", "1"]
+    cmd = ["--port", str(port), "--log-level", "warning", "--threads", "1"]
     if args.model:
         cmd += ["--model", args.model] + (["--mmi-model", args.mmi_model] if args.mmi_model else [])
-    cmd += args.serve_args
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.pop("CHITCHAT_API_KEY", None)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout  # the default model may be trained first (minutes)
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"docs/screenshot.py: the server exited with status {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("docs/screenshot.py: the server did not come up")
+    return start_serve(cmd + args.serve_args)
 
 
 def browser(width: int, height: int, profile: str):
@@ -119,7 +94,9 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     proc = start_server(args, port)
     try:
-        wait_ready(url, proc)
+        problem = wait_ready(url, proc, timeout=600, poll=0.3)
+        if problem:
+            raise SystemExit(f"docs/screenshot.py: {problem}")
         with tempfile.TemporaryDirectory(prefix="chitchat-screenshot-") as profile:
             driver = browser(width, height, profile)
             try:
