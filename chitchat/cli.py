@@ -3,22 +3,59 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from chitchat import __version__
 from chitchat.errors import ChitchatError
 from chitchat.options import command_parser
 
-# subcommand -> (module, one-line help); modules are imported only when their command runs.
+# subcommand -> (loader of its module, one-line help). Each loader imports its command's module alone,
+# when that command runs: `chitchat train` needs neither the server's nor the terminal's libraries.
+
+
+def _preprocess():
+    from chitchat.tokens import preprocess
+    return preprocess
+
+
+def _vocab():
+    from chitchat.tokens import vocab
+    return vocab
+
+
+def _chat():
+    from chitchat.chat import repl
+    return repl
+
+
+def _train():
+    from chitchat.training import cli
+    return cli
+
+
+def _eval():
+    from chitchat.eval import cli
+    return cli
+
+
+def _serve():
+    from chitchat.serve import command
+    return command
+
+
+def _default_model():
+    from chitchat.recipe import recipe
+    return recipe
+
+
 COMMANDS = {
-    "preprocess": ("chitchat.tokens.preprocess", "turn dialogue corpora into token windows for training"),
-    "vocab": ("chitchat.tokens.vocab", "build the character vocabulary (vocab.txt)"),
-    "chat": ("chitchat.chat.repl", "chat in the terminal (with the shipped default model unless --model)"),
-    "train": ("chitchat.training.cli", "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
-    "eval": ("chitchat.eval.cli", "score models on dialogues (perplexity, BLEU, distinct-n, coherence) and response selection"),
-    "serve": ("chitchat.serve.command", "serve the bot over HTTP (FastAPI on uvicorn), with a chat page at /"),
-    "default-model": ("chitchat.recipe.recipe", "rebuild the shipped default model from open corpora (the recipe)"),
+    "preprocess": (_preprocess, "turn dialogue corpora into token windows for training"),
+    "vocab": (_vocab, "build the character vocabulary (vocab.txt)"),
+    "chat": (_chat, "chat in the terminal (with the shipped default model unless --model)"),
+    "train": (_train, "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
+    "eval": (_eval, "score models on dialogues (perplexity, BLEU, distinct-n, coherence) and response selection"),
+    "serve": (_serve, "serve the bot over HTTP (FastAPI on uvicorn), with a chat page at /"),
+    "default-model": (_default_model, "rebuild the shipped default model from open corpora (the recipe)"),
 }
 
 
@@ -31,10 +68,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"chitchat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in COMMANDS.items():
+    for name, (load, help_) in COMMANDS.items():
         if only is not None and name != only:
             continue
-        command_parser(name, importlib.import_module(module), sub, help_)
+        command_parser(name, load(), sub, help_)
     return parser
 
 
