@@ -1,9 +1,14 @@
 # Two commands on a fresh machine: `make chat` and `make test`. Each creates .venv and installs.
 PYTHON ?= python3
 VENV ?= .venv
-# torch is installed first and pinned, so that pip does not pull a multi-GB CUDA build;
-# override with e.g. `make test TORCH_SPEC="torch==2.14.1"` or TORCH_SPEC="torch" for the default build.
+# torch is installed first, as TORCH_SPEC. Its pin chooses the version, not the build: which build pip
+# gets depends on the index it reads. On Linux x86_64, PyPI's torch wheel is the CUDA build (several GB
+# with its nvidia-* packages); the CPU build comes from PyTorch's CPU wheel index (its address is on the
+# install selector of PyTorch's "Get Started" page, Compute Platform: CPU): `make install TORCH_INDEX=ADDRESS`.
+# On macOS and Windows, PyPI's wheel is already a CPU build. A pip configured with a folder of wheels
+# (pip's find-links) installs a build found there. Another version: `make test TORCH_SPEC="torch==2.14.1"`.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
 .PHONY: install browser test chat default-model bench clean
@@ -11,7 +16,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 

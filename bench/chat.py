@@ -10,7 +10,12 @@ interact_mmi.py does) for 5 candidates with MMI; and, for reference, `transforme
 its key/value cache for 1 candidate. Ends with one JSON line, which also holds what the machine
 gave during the run (bench/machine.py: this shared VM's speed varies by up to 2x).
 
-    .venv/bin/python bench/chat.py [--runs 30] [--threads N]  (default: one thread per core)
+With `--reference REV` (a git revision, e.g. the commit before a refactoring), the same two replies
+are also timed on that revision's code, checked out beside (git worktree), in alternating rounds of
+child processes (A B A B): the JSON line gains `ref_ratio_mmi5` and `ref_ratio_single`, the median
+over rounds of this code's p50 over the reference's (below 1: this code is faster).
+
+    .venv/bin/python bench/chat.py [--runs 30] [--threads N] [--reference REV [--rounds 5]]
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chitchat.engine.engine import Engine  # noqa: E402
 from chitchat.model.gpt2 import build_model  # noqa: E402
-from chitchat.model.sampling import SamplingConfig  # noqa: E402
+from chitchat.engine.settings import ReplySettings  # noqa: E402
 from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, SEP, UNK, load_tokenizer  # noqa: E402
 from machine import busy_cores, machine_note  # noqa: E402
 
@@ -39,6 +48,69 @@ HISTORY = [
     "那我们早点过去先拿个号再去旁边逛逛",  # 17: with [CLS] and 3 [SEP], 59 tokens
 ]
 REPLY_LEN = 25
+ROOT = Path(__file__).resolve().parent.parent
+
+# Times the engine's two replies on the code at sys.argv[1] (either settings API: before and after
+# ReplySettings), preset small, random weights, one JSON line of p50s.
+ENGINE_ONLY = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from chitchat.engine.engine import Engine
+from chitchat.model.gpt2 import build_model
+from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer
+runs, n = int(sys.argv[2]), %d
+history = %r
+tok = load_tokenizer(DEFAULT_VOCAB)
+engine = Engine(build_model(tok, "small", seed=0).eval(), tok, build_model(tok, "small", seed=1).eval(),
+                threads=int(sys.argv[3]))
+try:
+    from chitchat.engine.settings import ReplySettings
+    mmi5 = lambda i: engine.reply(history, ReplySettings(candidates=5, min_len=n, max_len=n, top_k=8, seed=i))
+    single = lambda i: engine.reply(history, ReplySettings(candidates=1, min_len=n, max_len=n, top_k=8, seed=i,
+                                                           ranking="likelihood"))
+except ImportError:
+    from chitchat.model.sampling import SamplingConfig
+    mmi5 = lambda i: engine.reply(history, SamplingConfig(candidates=5, min_len=n, max_len=n, top_k=8), seed=i)
+    single = lambda i: engine.reply(history, SamplingConfig(candidates=1, min_len=n, max_len=n, top_k=8), seed=i,
+                                    mmi=False)
+out = {}
+for name, fn in (("mmi5", mmi5), ("single", single)):
+    for i in range(3):
+        fn(i)
+    t = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn(i)
+        t.append(time.perf_counter() - t0)
+    out[name] = sorted(t)[len(t) // 2] * 1000
+print(json.dumps(out))
+""" % (REPLY_LEN, HISTORY)
+
+
+def reference_ratios(rev: str, rounds: int, runs: int, threads: int) -> dict:
+    """This code's p50 over revision `rev`'s, per reply kind: the median over `rounds` alternating
+    rounds of child processes (this code, then the reference)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Path(tmp) / "ref"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(ref), rev], check=True,
+                       capture_output=True)
+        try:
+            ratios: dict[str, list[float]] = {"mmi5": [], "single": []}
+            for k in range(rounds):
+                got = {}
+                for name, root in (("this", ROOT), ("ref", ref)):
+                    out = subprocess.run([sys.executable, "-c", ENGINE_ONLY, str(root), str(runs), str(threads)],
+                                         check=True, capture_output=True, text=True).stdout
+                    got[name] = json.loads(out.strip().splitlines()[-1])
+                for kind in ratios:
+                    ratios[kind].append(got["this"][kind] / got["ref"][kind])
+                print(f"round {k + 1}: this/ref mmi5 {ratios['mmi5'][-1]:.3f}, single {ratios['single'][-1]:.3f} "
+                      f"({got['this']['mmi5']:.1f} / {got['ref']['mmi5']:.1f} ms)", file=sys.stderr)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref)], capture_output=True)
+    return {f"ref_ratio_{kind}": round(statistics.median(r), 3) for kind, r in ratios.items()} | {"reference": rev}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,6 +183,41 @@ def hf_generate(model, tokenizer, history: list[str], max_len: int, top_k: int, 
                        eos_token_id=sep_id, pad_token_id=tokenizer.pad_token_id)
 
 
+def retrieval_times(engine: Engine, mmi5: ReplySettings, args) -> dict:
+    """The same turn with 10 retrieved candidates besides the 5 sampled (ranked by MMI, then by the
+    selector), in alternation with the plain turn: p50s and their ratios to it, and where the time
+    goes (the index lookup and the selector's features measured on their own)."""
+    from chitchat.engine.retrieved import RetrievalSource
+    from chitchat.engine.scoring import Group
+    from chitchat.engine.selector import Selector, feature_rows
+    from chitchat.retrieval.index import ResponseIndex
+
+    engine.sources = [RetrievalSource(ResponseIndex.load(args.index))]
+    engine.selector = Selector.load(args.selector) if args.selector else None
+    kinds = {"plain": mmi5, "retrieved_mmi": replace(mmi5, retrieved=10)}
+    if engine.selector is not None:
+        kinds["retrieved_selector"] = replace(mmi5, retrieved=10, ranking="selector")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for i in range(args.runs + 2):  # the kinds take turns; the first two rounds warm up
+        for k, s in kinds.items():
+            t0 = time.perf_counter()
+            engine.reply(HISTORY, replace(s, seed=i))
+            if i >= 2:
+                times[k].append((time.perf_counter() - t0) * 1000)
+    lookup = timed(lambda i: engine.sources[0].gather(engine, [HISTORY], 10, REPLY_LEN), args.runs)
+    reply = engine.reply(HISTORY, replace(kinds["retrieved_mmi"], seed=0))
+    group = [Group(engine.prompt(HISTORY, mmi5), reply.candidates)]
+    features = timed(lambda i: feature_rows(engine, group), args.runs) if engine.selector is not None else None
+    p50 = {k: percentile(t, 50) for k, t in times.items()}
+    out = {f"p50_ms_{k}": round(v, 1) for k, v in p50.items()}
+    out.update({f"ratio_{k}": round(v / p50["plain"], 2) for k, v in p50.items() if k != "plain"})
+    out["p50_ms_index_lookup"] = round(percentile(lookup, 50), 2)
+    if features is not None:
+        out["p50_ms_selector_features"] = round(percentile(features, 50), 2)
+    print("retrieval: " + ", ".join(f"{k} {v}" for k, v in out.items()), file=sys.stderr)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=30, help="timed replies per measurement (default 30)")
@@ -122,6 +229,10 @@ def main() -> int:
     p.add_argument("--model", help="a trained model directory instead of the preset's random weights "
                    "(e.g. models/default/dialogue)")
     p.add_argument("--mmi-model", help="its MMI model (default: --model's sibling mmi/ if there, else --model)")
+    p.add_argument("--reference", metavar="REV", help="also time this git revision's engine (same-run ratio)")
+    p.add_argument("--index", metavar="DIR", help="also time replies with 10 candidates retrieved from this index")
+    p.add_argument("--selector", metavar="FILE", help="and ranked by this selector (with --index)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds against --reference (default 5)")
     args = p.parse_args()
     busy = busy_cores()
     if busy is not None and busy > 0.3:  # with 2 threads each op waits for both: another process skews it a lot
@@ -142,20 +253,20 @@ def main() -> int:
         tokenizer = load_tokenizer(DEFAULT_VOCAB)
         model = build_model(tokenizer, args.preset, seed=0).eval()
         mmi_model = build_model(tokenizer, args.preset, seed=1).eval()
-    mmi5 = SamplingConfig(candidates=5, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8)
-    single = SamplingConfig(candidates=1, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8)
+    mmi5 = ReplySettings(candidates=5, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8)
+    single = ReplySettings(candidates=1, min_len=REPLY_LEN, max_len=REPLY_LEN, top_k=8, ranking="likelihood")
     engine = Engine(model, tokenizer, mmi_model, threads=args.threads)
     context_tokens = len(engine.context_ids([engine.encode(u) for u in HISTORY]))
-    check = engine.reply(HISTORY, mmi5, seed=0)
+    check = engine.reply(HISTORY, mmi5)
     assert check.ranking == "mmi" and all(len(c.ids) == REPLY_LEN for c in check.candidates)
     print(f"preset {args.preset}, threads {torch.get_num_threads()}, history {len(HISTORY)} utterances "
           f"({context_tokens} tokens), replies {REPLY_LEN} tokens", file=sys.stderr)
 
     results = {}
     for suffix, eng in (("", engine), ("_int8", Engine(model, tokenizer, mmi_model, int8=True, threads=args.threads))):
-        t = timed(lambda i: eng.reply(HISTORY, mmi5, seed=i), args.runs)
+        t = timed(lambda i: eng.reply(HISTORY, replace(mmi5, seed=i)), args.runs)
         results[f"mmi5{suffix}"] = t
-        t = timed(lambda i: eng.reply(HISTORY, single, seed=i, mmi=False), args.runs)
+        t = timed(lambda i: eng.reply(HISTORY, replace(single, seed=i)), args.runs)
         results[f"single{suffix}"] = t
         print(f"engine{suffix or ' fp32'}: 5 candidates + MMI p50 {percentile(results['mmi5' + suffix], 50):.1f} ms "
               f"p95 {percentile(results['mmi5' + suffix], 95):.1f} ms; 1 candidate p50 {percentile(t, 50):.1f} ms "
@@ -177,6 +288,10 @@ def main() -> int:
         "p50_ms_single_int8": round(percentile(results["single_int8"], 50), 1),
         **machine_keys,
     }
+    if args.index:
+        line.update(retrieval_times(engine, mmi5, args))
+    if args.reference:
+        line.update(reference_ratios(args.reference, args.rounds, args.runs, args.threads))
     print(json.dumps(line))
     return 0
 

@@ -34,7 +34,7 @@ from chitchat.eval.coherence import draw_negatives  # noqa: E402
 from chitchat.eval.evaluate import EvalConfig, build_cases, run_model  # noqa: E402
 from chitchat.eval.scoring import score_sets  # noqa: E402
 from chitchat.engine.engine import Engine  # noqa: E402
-from chitchat.model.sampling import SamplingConfig  # noqa: E402
+from chitchat.engine.settings import ReplySettings  # noqa: E402
 from chitchat.model.gpt2 import build_model  # noqa: E402
 from chitchat.corpus.readers import ReadStats  # noqa: E402
 from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer  # noqa: E402
@@ -70,18 +70,19 @@ def main() -> int:
           f"replies of {REPLY_LEN} tokens, batch {args.batch_size}, threads {engine.threads or torch.get_num_threads()}")
 
     modes = {
-        "replies_per_s": (SamplingConfig(min_len=REPLY_LEN, max_len=REPLY_LEN, candidates=1), False),
-        "replies_per_s_mmi": (SamplingConfig(min_len=REPLY_LEN, max_len=REPLY_LEN, candidates=5), True),
+        "replies_per_s": (ReplySettings(min_len=REPLY_LEN, max_len=REPLY_LEN, candidates=1, ranking="likelihood",
+                                        seed=42), False),
+        "replies_per_s_mmi": (ReplySettings(min_len=REPLY_LEN, max_len=REPLY_LEN, candidates=5, seed=42), True),
     }
     result = {"bench": "eval"}
-    for key, (sampling, mmi) in modes.items():
+    for key, (settings, mmi) in modes.items():
         cfg = EvalConfig(models=["small"], data=[], output=Path("."), batch_size=args.batch_size,
-                         sampling=sampling, progress=False)
-        run_model(engine, cases[: args.batch_size], cfg, use_mmi=mmi)  # warm-up
+                         settings=settings, progress=False)
+        run_model(engine, cases[: args.batch_size], cfg)  # warm-up
         rates = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
-            out = run_model(engine, cases, cfg, use_mmi=mmi)
+            out = run_model(engine, cases, cfg)
             rates.append(len(cases) / (time.perf_counter() - t0))
             assert len(out["replies"]) == len(cases)
         label = "5 candidates + MMI" if mmi else "1 candidate, no MMI"
@@ -90,11 +91,12 @@ def main() -> int:
     if args.coherence_cases:
         some = cases[: args.coherence_cases]
         sets = [(c.context, [c.reference, *negs]) for c, negs in zip(some, draw_negatives(dialogues, some, 9, seed=1))]
-        score_sets(engine, sets[: args.batch_size], args.batch_size)  # warm-up
+        names = ["likelihood", "mmi", "pmi"]
+        score_sets(engine, sets[: args.batch_size], names, args.batch_size)  # warm-up
         rates = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
-            score_sets(engine, sets, args.batch_size)
+            score_sets(engine, sets, names, args.batch_size)
             rates.append(len(sets) / (time.perf_counter() - t0))
         print(f"coherence, 10 candidates x 3 scorings: {statistics.median(rates):.1f} cases/s "
               f"(runs: {', '.join(f'{r:.1f}' for r in rates)})")

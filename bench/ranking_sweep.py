@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import sys
 import time
 from dataclasses import replace
@@ -38,9 +37,11 @@ from chitchat.engine.replies import Candidate  # noqa: E402
 from chitchat.eval.cases import EvalConfig, cases_from, read_dialogues  # noqa: E402
 from chitchat.eval.coherence import draw_negatives  # noqa: E402
 from chitchat.eval.metrics import char_f1, chars, distinct, repeats_3gram  # noqa: E402
-from chitchat.eval.ranking import CandidateScores, mean, rank_of_true  # noqa: E402
+from chitchat.engine.scoring import Group  # noqa: E402
+from chitchat.engine.settings import ReplySettings  # noqa: E402
+from chitchat.eval.cases import eval_settings  # noqa: E402
+from chitchat.eval.ranking import mean, rank_of_true  # noqa: E402
 from chitchat.eval.scoring import score_sets  # noqa: E402
-from chitchat.model.sampling import SamplingConfig  # noqa: E402
 
 RANKINGS = ["likelihood", "mmi", "pmi", "mmi+0.5*pmi", "mmi+pmi", "mmi+2*pmi", "mmi+0.5*likelihood"]
 MIX_WEIGHTS = [0, 0.25, 0.5, 1, 2, 4]  # the coherence grid: mmi + a*pmi + b*likelihood
@@ -57,23 +58,22 @@ def mmi_only_scores(engine: Engine, sets: list[tuple[list[str], list[str]]], chu
         for context, replies in sets[i:i + chunk]:
             ids = [engine.encode(r)[:cap] for r in replies]
             history = engine.fit_history([engine.encode(u) for u in context], max(map(len, ids), default=0))
-            groups.append((history, [Candidate(r, x, math.nan) for r, x in zip(replies, ids)]))
-        engine.score_mmi_many(groups)
-        out += [[CandidateScores(math.nan, math.nan, math.nan if c.mmi is None else c.mmi) for c in cands]
-                for _, cands in groups]
+            groups.append(Group(history, [Candidate(r, x, "given") for r, x in zip(replies, ids)]))
+        engine.score(groups, ["mmi"])
+        out += [g.candidates for g in groups]
     return out
 
 
 def coherence_part(engine: Engine, data: list[str], negatives: int, seed: int, limit: int | None,
                    chunk: int, mmi_only: bool = False) -> dict:
     stats = ReadStats()
-    cfg = EvalConfig(models=[], output=Path("."), data=data, limit=limit, seed=seed)
+    cfg = EvalConfig(models=[], output=Path("."), data=data, limit=limit, settings=replace(eval_settings(), seed=seed))
     dialogues, sources = read_dialogues(cfg, stats)
     cases = cases_from(dialogues, sources, cfg, stats)
     negs = draw_negatives(dialogues, cases, negatives, seed)
     started = time.perf_counter()
     sets = [(c.context, [c.reference, *n]) for c, n in zip(cases, negs)]
-    scored = mmi_only_scores(engine, sets, chunk) if mmi_only else score_sets(engine, sets, chunk)
+    scored = mmi_only_scores(engine, sets, chunk) if mmi_only else score_sets(engine, sets, ["likelihood", "mmi", "pmi"], chunk)
     seconds = time.perf_counter() - started
     mixes = [Ranking(tuple((w, n) for w, n in ((1.0, "mmi"), (a, "pmi"), (b, "likelihood")) if w))
              for a, b in itertools.product(MIX_WEIGHTS, MIX_WEIGHTS)]
@@ -89,20 +89,19 @@ def coherence_part(engine: Engine, data: list[str], negatives: int, seed: int, l
 
 
 def generation_part(engine: Engine, data: list[str], seed: int, limit: int, batch: int, show: int,
-                    sampling: SamplingConfig, shapes=tuple(SHAPES)) -> tuple[dict, list[dict]]:
+                    sampling: ReplySettings, shapes=tuple(SHAPES)) -> tuple[dict, list[dict]]:
     stats = ReadStats()
-    cfg = EvalConfig(models=[], output=Path("."), data=data, limit=limit, seed=seed)
+    cfg = EvalConfig(models=[], output=Path("."), data=data, limit=limit, settings=replace(eval_settings(), seed=seed))
     dialogues, sources = read_dialogues(cfg, stats)
     cases = cases_from(dialogues, sources, cfg, stats)
     refs = [c.reference for c in cases]
     rows, shown = {}, [{"context": c.context, "reference": c.reference, "replies": {}} for c in cases[:show]]
     for n, max_len in shapes:
-        cfg_s = replace(sampling, candidates=n, max_len=max_len)
+        cfg_s = replace(sampling, candidates=n, max_len=max_len, ranking=str(ALL_SCORES))
         started = time.perf_counter()
         replies = []
         for i in range(0, len(cases), batch):
-            replies += engine.replies([c.context for c in cases[i:i + batch]], cfg_s, seed=seed + i,
-                                      ranking=ALL_SCORES)
+            replies += engine.replies([c.context for c in cases[i:i + batch]], replace(cfg_s, seed=seed + i))
         seconds = time.perf_counter() - started
         for text in RANKINGS:
             picked = [r.candidates[choose(r.candidates, text)[0]] for r in replies]
@@ -154,7 +153,7 @@ def main(argv=None) -> int:
             print(f"| `{name}` | {r['recall_at_1']:.3f} | {r['recall_at_2']:.3f} | {r['mrr']:.3f} |")
     if "generation" in parts:
         rows, shown = generation_part(engine, args.data, args.seed, args.limit, args.batch_size, args.show,
-                                      SamplingConfig(),
+                                      ReplySettings(),
                                       [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")])
         (args.output / "generation.json").write_text(json.dumps(rows, indent=1) + "\n")
         print("| ranking | candidates | max_len | cut | all cut | 3-gram repeat | empty | Distinct-2 | F1 | chars |")

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from chitchat.cli import main  # noqa: E402
 from chitchat.eval.evaluate import char_perplexity  # noqa: E402
-from chitchat.recipe.recipe import MACHINE, RecipeConfig, StageConfig, _train_argv, export_model, run_recipe  # noqa: E402
+from chitchat.recipe.recipe import MACHINE, RecipeConfig, StageConfig, export_model, run_recipe, train_config  # noqa: E402
+from chitchat.training.trainer import train as train_run  # noqa: E402
 
 # name -> (model config, pre-training lr); every variant pre-trains with the same batch
 VARIANTS = {
@@ -74,10 +74,9 @@ def link_prepared(src: Path, work: Path) -> None:
 def probe(cfg: RecipeConfig, seconds: float, out: Path) -> None:
     """Pre-training for `seconds`: metrics.jsonl gives the steps per second."""
     stage = replace(cfg.pretrain, steps=10 ** 6, eval_every=10 ** 6, time_limit=seconds)
-    argv = _train_argv(cfg, stage, cfg.work / "data" / "pretrain", out, mmi=False, init_from=None)
-    argv = [a for a in argv if a != "--resume"] + ["--log-every", "5"]
+    run = train_config(cfg, stage, cfg.work / "data" / "pretrain", out, mmi=False, init_from=None)
     shutil.rmtree(out, ignore_errors=True)
-    sys.exit(main(argv))
+    train_run(replace(run, resume=False, log_every=5))
 
 
 def steps_per_second(run: Path) -> float:

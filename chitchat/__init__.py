@@ -19,7 +19,6 @@ __version__ = "0.1.0"
 # for that. Only the modules a name needs are imported, once, then the name is cached in globals().
 _EXPORTS = {
     "ChitchatError": "chitchat.errors",
-    "SamplingConfig": "chitchat.model.sampling",
     "load_model": "chitchat.model.gpt2",
     "save_model": "chitchat.model.gpt2",
     "ensure_default_model": "chitchat.model.default",
@@ -28,7 +27,9 @@ _EXPORTS = {
     "train": "chitchat.training.trainer",
     "TrainConfig": "chitchat.training.config",
     "Engine": "chitchat.engine.engine",
-    "ChatSettings": "chitchat.engine.settings",
+    "ReplySettings": "chitchat.engine.settings",
+    "Scoring": "chitchat.engine.scoring",
+    "register_scoring": "chitchat.engine.scoring",
     "evaluate": "chitchat.eval.evaluate",
     "EvalConfig": "chitchat.eval.cases",
 }

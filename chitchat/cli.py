@@ -14,38 +14,53 @@ from chitchat.options import command_parser
 
 
 def _preprocess():
-    from chitchat.tokens import preprocess
+    from chitchat.commands import preprocess
     return preprocess
 
 
 def _vocab():
-    from chitchat.tokens import vocab
+    from chitchat.commands import vocab
     return vocab
 
 
 def _chat():
-    from chitchat.chat import repl
-    return repl
+    from chitchat.commands import chat
+    return chat
 
 
 def _train():
-    from chitchat.training import cli
-    return cli
+    from chitchat.commands import train
+    return train
 
 
 def _eval():
-    from chitchat.eval import cli
-    return cli
+    from chitchat.commands import eval
+    return eval
 
 
 def _serve():
-    from chitchat.serve import command
-    return command
+    from chitchat.commands import serve
+    return serve
+
+
+def _judge():
+    from chitchat.commands import judge
+    return judge
+
+
+def _index():
+    from chitchat.commands import index
+    return index
 
 
 def _default_model():
-    from chitchat.recipe import recipe
-    return recipe
+    from chitchat.commands import default_model
+    return default_model
+
+
+def _selector():
+    from chitchat.commands import selector
+    return selector
 
 
 COMMANDS = {
@@ -54,8 +69,11 @@ COMMANDS = {
     "chat": (_chat, "chat in the terminal (with the shipped default model unless --model)"),
     "train": (_train, "train the GPT-2 dialogue model (or with --mmi the MMI model) on a dataset"),
     "eval": (_eval, "score models on dialogues (perplexity, BLEU, distinct-n, coherence) and response selection"),
+    "judge": (_judge, "blind judging sheets of replies, and their judgments as sensibleness, specificity and SSA"),
     "serve": (_serve, "serve the bot over HTTP (FastAPI on uvicorn), with a chat page at /"),
+    "index": (_index, "build a retrieval index of (context, reply) pairs from dialogue corpora (reply candidates)"),
     "default-model": (_default_model, "rebuild the shipped default model from open corpora (the recipe)"),
+    "selector": (_selector, "train the learned selector that ranks candidate replies (a scoring)"),
 }
 
 

@@ -9,6 +9,7 @@ from the dataclass (in the spirit of transformers' HfArgumentParser).
 
     add_options(parser, Config)
     cfg = options_from_args(Config, parser.parse_args())
+    to_argv(cfg)    # and back: the arguments that give cfg its values
 
 The type of an argument comes from the annotation: int, float, str, Path, `X | None`, `list[X]`; a bool
 defaulting to False is a switch (store_true), one defaulting to True or None gets `--no-NAME` as well
@@ -28,11 +29,14 @@ _META = "chitchat.option"
 
 
 def option(default=MISSING, *, help: str, flag: str | None = None, aliases: tuple[str, ...] = (),
-           metavar: str | None = None, choices=None, nargs=None, cli: bool = True, default_factory=MISSING):
+           metavar: str | None = None, choices=None, nargs=None, cli: bool = True, default_factory=MISSING,
+           group: str | None = None):
     """A dataclass field whose metadata carries its command-line spelling and help. `flag` defaults to
-    "--" + the field name with "_" as "-"; a flag without leading dashes is a positional argument."""
+    "--" + the field name with "_" as "-"; a flag without leading dashes is a positional argument. A
+    field whose type is itself a dataclass of options contributes that dataclass's flags (in `group`),
+    and `options_from_args` builds it from them: a command's options are one dataclass, read in one pass."""
     meta = {_META: {"help": help, "flag": flag, "aliases": tuple(aliases), "metavar": metavar,
-                    "choices": choices, "nargs": nargs, "cli": cli}}
+                    "choices": choices, "nargs": nargs, "cli": cli, "group": group}}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -85,6 +89,10 @@ def add_options(parser, cls, *, group: str | None = None, skip: tuple[str, ...] 
     if group:  # a group of that title already there (another call's) gets the new arguments too
         target = next((g for g in parser._action_groups if g.title == group), None) or parser.add_argument_group(group)
     for f, meta, hint in _cli_fields(cls, skip):
+        if dataclasses.is_dataclass(hint):  # a nested dataclass of options: its own flags
+            add_options(parser, hint, group=meta.get("group") or group, defaults=defaults.get(f.name),
+                        skip=tuple(s.split(".", 1)[1] for s in skip if s.startswith(f.name + ".")))
+            continue
         default = defaults[f.name] if f.name in defaults else _default(f)
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         positional = not flag.startswith("-")
@@ -131,13 +139,17 @@ def options_from_args(cls, args, **overrides):
     """An instance of `cls` from a parsed namespace: the fields it holds, `overrides` over them; fields
     absent from the namespace (not on the command line) keep their defaults."""
     values = vars(args) if not isinstance(args, dict) else args
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
+        meta = f.metadata.get(_META, {})
         if f.name in overrides:
             kwargs[f.name] = overrides[f.name]
-        elif f.name in values and f.metadata.get(_META, {}).get("cli", True):
+        elif meta.get("cli", True) and dataclasses.is_dataclass(hints.get(f.name)):
+            kwargs[f.name] = options_from_args(hints[f.name], values)
+        elif f.name in values and meta.get("cli", True):
             kwargs[f.name] = values[f.name]
     unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
@@ -145,7 +157,32 @@ def options_from_args(cls, args, **overrides):
     return cls(**kwargs)
 
 
-__all__ = ["option", "add_options", "options_from_args"]
+def to_argv(cfg) -> list[str]:
+    """The arguments that `add_options` parses back into `cfg`'s option fields (to print the command that
+    does what a call does): positional values first, then the flag of each field whose value is not its
+    default. A field with cli=False has no flag, nor has None where the default is not None: the caller
+    adds the arguments that stand for them."""
+    positional: list[str] = []
+    flags: list[str] = []
+    for f, meta, hint in _cli_fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(hint):  # a nested dataclass of options: its own flags
+            flags += to_argv(value)
+            continue
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        values = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        if not flag.startswith("-"):
+            positional += values if value is not None else []
+        elif value is None or value == _default(f):
+            continue
+        elif isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, *values]
+    return positional + flags
+
+
+__all__ = ["option", "add_options", "options_from_args", "to_argv"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -167,8 +204,3 @@ def command_parser(name: str, module, parent=None, help: str | None = None) -> a
     module.add_arguments(p)
     p.set_defaults(_module=module)
     return p
-
-
-def run_command(name: str, module, argv: list[str]) -> int:
-    """Run `chitchat NAME ARGV` in this process (the recipe's stages); a ChitchatError goes to the caller."""
-    return int(module.run(command_parser(name, module).parse_args(argv)) or 0)

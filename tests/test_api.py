@@ -29,7 +29,7 @@ def test_import_chitchat_does_not_import_torch():
 
 def test_every_public_name_imports():
     # A name moved to another module fails here, by name, rather than in a user's program.
-    expected = {"Engine", "SamplingConfig", "ChatSettings", "load_model", "save_model", "preprocess",
+    expected = {"Engine", "ReplySettings", "Scoring", "register_scoring", "load_model", "save_model", "preprocess",
                 "PreprocessConfig", "train", "TrainConfig", "evaluate", "EvalConfig", "ensure_default_model",
                 "ChitchatError", "__version__"}
     assert set(chitchat.__all__) == expected
@@ -55,7 +55,7 @@ def test_functions_are_not_shadowed_by_subpackages():
     for name in ("evaluate", "train", "preprocess", "load_model", "ensure_default_model"):
         assert inspect.isfunction(getattr(chitchat, name)), name
     assert issubclass(chitchat.ChitchatError, Exception)
-    assert chitchat.SamplingConfig().validate() == chitchat.SamplingConfig()
+    assert chitchat.ReplySettings().validate() == chitchat.ReplySettings()
 
 
 def test_unknown_name_is_an_attribute_error():

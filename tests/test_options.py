@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chitchat.options import HelpFormatter
-from chitchat.options import add_options, option, options_from_args
+from chitchat.options import add_options, option, options_from_args, to_argv
 
 
 @dataclass
@@ -88,3 +88,29 @@ def test_help_shows_each_default_once():
     assert "(default: None)" not in text and "MMI (default" not in text
     assert text.count("(default: 10)") == 1
     assert "FILE" in text and "not on the command line" not in text
+
+
+@pytest.mark.parametrize("cfg", [
+    Demo(data=Path("d")),
+    Demo(data=Path("a b"), files=[Path("x"), Path("y")], epochs=3, lr=0.5, name="n", top_k=2, schedule="linear",
+         sizes=[4], mmi=True, fused=False, progress=False),
+    Demo(data=Path("d"), progress=True),
+])
+def test_to_argv_gives_the_arguments_that_parse_back_into_the_config(cfg):
+    argv = to_argv(cfg)
+    assert options_from_args(Demo, parser().parse_args(argv)) == cfg
+    assert "--hidden" not in argv and "--epochs" not in to_argv(Demo(data=Path("d")))  # defaults are left out
+
+
+
+@dataclass
+class Outer:
+    demo: Demo = option(help="a nested dataclass of options", default_factory=lambda: Demo(data=Path("d")))
+    rounds: int = option(1, help="rounds")
+
+
+def test_to_argv_spells_a_nested_dataclass_with_its_own_flags():
+    cfg = Outer(demo=Demo(data=Path("e"), epochs=2, mmi=True), rounds=3)
+    p = argparse.ArgumentParser()
+    add_options(p, Outer)
+    assert options_from_args(Outer, p.parse_args(to_argv(cfg))) == cfg

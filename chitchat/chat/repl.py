@@ -11,29 +11,32 @@ On exit the transcript is written as JSON lines.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
+from chitchat.chat.session import Session
+from chitchat.engine.scoring import SCORINGS
+from chitchat.engine.settings import describe
 from chitchat.errors import ChitchatError
-from chitchat.chat.session import Session, default_transcript_path
-from chitchat.engine.options import (add_engine_arguments, add_ranking_arguments, add_sampling_arguments, load_engine,
-                                     ranking_from_args, sampling_from_args)
-from chitchat.engine.settings import ChatSettings
-from chitchat.files import user_data_dir
 
-HELP = """commands:
-  /help               this help
-  /reset              forget the dialogue so far
-  /history            the utterances the bot sees now
-  /candidates         the last turn's candidates and their scores (lower is better)
-  /set                list the settings
-  /set NAME VALUE     change one: temperature, topk, topp, repetition_penalty, no_repeat_ngram_size,
-                      min_len, max_len, candidates, mmi on|off, max_history, seed,
-                      ranking (mmi, pmi, likelihood or a mix such as mmi+0.5*pmi)
-  /save [PATH]        write the transcript now (default: the transcript file)
-  /quit               end (Ctrl-D too)"""
+
+def _help() -> str:
+    """The commands, and every setting `/set` takes with its other names (from ReplySettings)."""
+    settings = [f"    {d['name']}" + (f" ({', '.join(d['names'])})" if d["names"] else "") + f": {d['help']}"
+                for d in describe()]
+    return "\n".join([
+        "commands:",
+        "  /help               this help",
+        "  /reset              forget the dialogue so far",
+        "  /history            the utterances the bot sees now",
+        "  /candidates         the last turn's candidates, their source and scores (lower is better)",
+        "  /set                list the settings",
+        "  /set NAME VALUE     change one (mmi on|off: the ranking mmi or likelihood):",
+        *settings,
+        "  /save [PATH]        write the transcript now (default: the transcript file)",
+        "  /quit               end (Ctrl-D too)"])
+
 
 Emit = Callable[[str, str], None]  # (text, kind): "bot", "info" or "error"; while a reply is computed,
 # "delta" (its new text, as it is written) or "tick" (a decoding step of a reply not known yet)
@@ -88,7 +91,7 @@ class Repl:
         if name in ("quit", "exit", "q"):
             return False
         if name in ("help", "h", "?"):
-            self.emit(HELP, "info")
+            self.emit(_help(), "info")
         elif name == "reset":
             session.reset()
             self.emit("(the dialogue is forgotten)", "info")
@@ -121,10 +124,12 @@ class Repl:
         if not self.session.turns:
             return "(no turn yet)"
         turn = self.session.turns[-1]
-        lines = [f"ranked by {turn.ranking}; scores are mean negative log-likelihoods per token"]
+        names = [name for name in SCORINGS if any(name in c.scores for c in turn.candidates)]
+        lines = [f"ranked by {turn.ranking}; lower is better: " + "; ".join(f"{n}: {SCORINGS[n].help}" for n in names)]
         for i, c in enumerate(turn.candidates):
             mark = "*" if i == turn.chosen else " "
-            lines.append(f"{mark} {i + 1}. mmi {_score(c.mmi):>7}  nll {_score(c.nll):>7}  {c.text or '(empty)'}"
+            scores = "  ".join(f"{n} {_score(c.scores.get(n)):>7}" for n in names)
+            lines.append(f"{mark} {i + 1}. [{c.source}] {scores}  {c.text or '(empty)'}"
                          + ("" if c.finished else "  (cut at max_len)"))
         return "\n".join(lines)
 
@@ -218,48 +223,3 @@ def run_terminal(repl: Repl, *, input=None, output=None, history_file: Path | No
                 return
         except KeyboardInterrupt:  # Ctrl-C while the reply is computed
             repl.emit("(reply cancelled)", "info")
-
-
-def add_arguments(p) -> None:
-    add_engine_arguments(p, defaults={"threads": 1})
-    p.add_argument("--max-history-len", type=int, default=ChatSettings().max_history_len, metavar="N",
-                   help="utterances of dialogue the model sees, the new one included")
-    p.add_argument("--seed", type=int, default=None, help="seed: the same seed and inputs give the same replies")
-    p.add_argument("--transcript", type=Path, metavar="PATH",
-                   help="transcript file written on exit; none: transcripts/ in the user data directory")
-    add_sampling_arguments(p)
-    add_ranking_arguments(p)
-
-
-def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
-    interactive = stdin.isatty() and stdout.isatty()
-    settings = ChatSettings(sampling_from_args(args), mmi=not args.no_mmi, max_history_len=args.max_history_len,
-                            seed=args.seed, ranking=ranking_from_args(args)).validate()
-
-    def say(text: str) -> None:  # start-up notices: on the terminal, or on stderr when scripted
-        print(text, file=sys.stderr if not interactive else stdout, flush=True)
-
-    engine = load_engine(args, say)
-    session = Session(engine, settings)
-    engine.context_budget(settings.sampling.max_len)
-    if engine.mmi is None:
-        say("no MMI model: candidates are ranked by the dialogue model's own likelihood")
-    transcript = args.transcript or default_transcript_path()
-    repl = Repl(session, terminal_emitter() if interactive else stream_emitter(stdout), transcript)
-    try:
-        if interactive:
-            say(f"chitchat: model {engine.model_path}" + (f", MMI {engine.mmi_path}" if engine.mmi else "")
-                + (", int8" if engine.int8 else "") + ". /help for commands, Ctrl-D to quit.")
-            repl.live = True
-            run_terminal(repl, history_file=user_data_dir() / "input_history")
-        else:
-            for stream in (stdin, stdout):  # UTF-8 whatever the locale; undecodable input bytes become U+FFFD
-                if hasattr(stream, "reconfigure"):
-                    stream.reconfigure(encoding="utf-8", errors="replace")
-            run_lines(repl, stdin)
-    finally:
-        if any("user" in r for r in session.records):
-            say(f"transcript written to {session.save(transcript)}")
-    return 0

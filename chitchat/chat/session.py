@@ -9,35 +9,24 @@ candidates and their scores; the transcript is one JSON line per turn (and one p
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from chitchat.errors import ChitchatError
 from chitchat.engine.engine import Engine
-from chitchat.engine.ranking import effective_ranking, parse_ranking
+from chitchat.engine.ranking import DEFAULT_RANKING
 from chitchat.engine.replies import Candidate, WrittenText
-from chitchat.engine.settings import ChatSettings
+from chitchat.engine.settings import ReplySettings, setting_name
+from chitchat.errors import ChitchatError
 from chitchat.files import user_data_dir
-from chitchat.model.sampling import SamplingConfig
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 
-# /set NAME: accepted spellings -> setting
-_ALIASES = {
-    "temperature": "temperature", "temp": "temperature",
-    "topk": "top_k", "top_k": "top_k",
-    "topp": "top_p", "top_p": "top_p",
-    "repetition_penalty": "repetition_penalty",
-    "no_repeat_ngram_size": "no_repeat_ngram_size", "no_repeat_ngram": "no_repeat_ngram_size",
-    "min_len": "min_len", "max_len": "max_len", "candidates": "candidates",
-    "mmi": "mmi", "ranking": "ranking", "rank": "ranking", "max_history": "max_history_len", "max_history_len": "max_history_len", "seed": "seed",
-}
-_ON = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+# `/set mmi on|off`: MMI is a ranking (the default one, or likelihood alone)
+_MMI = {"on": DEFAULT_RANKING, "true": DEFAULT_RANKING, "yes": DEFAULT_RANKING, "1": DEFAULT_RANKING,
+        "off": "likelihood", "false": "likelihood", "no": "likelihood", "0": "likelihood"}
 
 
 def default_transcript_path() -> Path:
@@ -60,9 +49,9 @@ class Turn:
 
 
 class Session:
-    def __init__(self, engine: Engine, settings: ChatSettings | None = None):
+    def __init__(self, engine: Engine, settings: ReplySettings | None = None):
         self.engine = engine
-        self.settings = (settings or ChatSettings()).validate()
+        self.settings = (settings or ReplySettings()).validate()
         self.history: list[str] = []  # normalised utterances since the last reset, user first
         self.turns: list[Turn] = []
         self.records: list[dict] = []  # transcript lines
@@ -75,15 +64,11 @@ class Session:
         else:
             self.generator.manual_seed(seed)
 
-    @property
-    def uses_mmi(self) -> bool:
-        return self.settings.mmi and self.engine.mmi is not None
-
     def context(self, history: list[str] | None = None) -> list[str]:
         """The utterances the model sees: the last `max_history_len`, then the most recent that fit."""
-        history = self.settings.visible(self.history if history is None else history)
+        history = (self.history if history is None else history)[-self.settings.max_history_len:]
         ids = [self.engine.encode(u) for u in history]
-        kept = self.engine.fit_history(ids, self.settings.sampling.max_len)
+        kept = self.engine.fit_history(ids, self.settings.max_len)
         cut = history[len(history) - len(kept):]
         if kept and len(kept[0]) < len(ids[len(ids) - len(kept)]):  # the oldest kept utterance was shortened
             cut = [self.engine.decode(kept[0])] + cut[1:]
@@ -92,7 +77,7 @@ class Session:
     @property
     def streams(self) -> bool:
         """Whether a reply is known as it is written: one candidate (several are ranked once written)."""
-        return self.settings.sampling.candidates == 1
+        return self.engine.streams(self.settings)
 
     def respond(self, text: str, progress: Callable[[str | None], None] | None = None) -> Turn | None:
         """The bot's turn after the user says `text`; None (and nothing recorded) when `text` is blank.
@@ -102,14 +87,12 @@ class Session:
         if not user:
             return None
         history = self.history + [user]
-        s = self.settings
         if progress is None:
-            reply = self.engine.reply(s.visible(history), s.sampling, mmi=s.mmi, generator=self.generator,
-                                      ranking=s.ranking)
+            reply = self.engine.reply(history, self.settings, generator=self.generator)
         else:
-            reply = self._reply_with_progress(s.visible(history), progress)
+            reply = self._reply_with_progress(history, progress)
         self.history = history + [reply.text]
-        turn = Turn(_now(), text, reply.text, reply.candidates, reply.chosen, reply.ranking, s.to_dict())
+        turn = Turn(_now(), text, reply.text, reply.candidates, reply.chosen, reply.ranking, self.settings.to_dict())
         self.turns.append(turn)
         self.records.append({
             "time": turn.time, "user": turn.user, "bot": turn.bot,
@@ -120,9 +103,7 @@ class Session:
         return turn
 
     def _reply_with_progress(self, history: list[str], progress: Callable[[str | None], None]):
-        s = self.settings
-        steps = self.engine.replies_stream([history], s.sampling, mmi=s.mmi, generator=self.generator,
-                                           ranking=s.ranking)
+        steps = self.engine.replies_stream([history], self.settings, generator=self.generator)
         written = WrittenText(self.engine) if self.streams else None
         try:
             while True:
@@ -136,44 +117,23 @@ class Session:
         self.records.append({"time": _now(), "event": "reset"})
 
     def set(self, name: str, value: str) -> str:
-        """Change one setting from its text form; returns what it is now. Raises ChitchatError."""
-        key = _ALIASES.get(name.strip().lower().replace("-", "_"))
-        if key is None:
-            raise ChitchatError(f"unknown setting {name!r} (settings: {', '.join(sorted(set(_ALIASES.values())))})")
-        value = value.strip()
-        s = self.settings
-        if key == "mmi":
-            if value.lower() not in _ON:
+        """Change one setting from its text form (`/set NAME VALUE`); returns what it is now. Raises
+        ChitchatError."""
+        if name.strip().lower() == "mmi":  # MMI on or off is a ranking
+            if value.strip().lower() not in _MMI:
                 raise ChitchatError("mmi takes on or off")
-            s.mmi = _ON[value.lower()]
-            if s.mmi and self.engine.mmi is None:
-                return "mmi on, but there is no MMI model: candidates are ranked by likelihood"
-            return f"mmi {'on' if s.mmi else 'off'}"
-        if key == "ranking":
-            s.ranking = str(parse_ranking(value))
-            used = str(effective_ranking(s.ranking, s.mmi, self.engine.mmi is not None))
-            if used != s.ranking:
-                why = "mmi is off" if not s.mmi else "there is no MMI model"
-                return f"ranking {s.ranking}, but {why}: candidates are ranked by {used}"
-            return f"ranking {s.ranking}"
+            name, value = "ranking", _MMI[value.strip().lower()]
+        key = setting_name(name)
+        settings = self.settings.with_text(key, value)
+        self.engine.context_budget(settings.max_len)  # raises when no history would fit
+        self.settings = settings
         if key == "seed":
-            s.seed = None if value.lower() in ("none", "random", "off") else _parse(key, value, int)
-            self._seed(s.seed)
-            return f"seed {s.seed}"
-        if key == "max_history_len":
-            n = _parse(key, value, int)
-            if n < 1:
-                raise ChitchatError("max_history must be >= 1")
-            s.max_history_len = n
-            return f"max_history {n}"
-        kind = type(getattr(SamplingConfig(), key))
-        sampling = replace(s.sampling, **{key: _parse(key, value, kind)})
-        if key == "max_len" and sampling.min_len > sampling.max_len:
-            sampling = replace(sampling, min_len=sampling.max_len)
-        sampling.validate()
-        self.engine.context_budget(sampling.max_len)  # raises when no history would fit
-        s.sampling = sampling
-        return f"{key} {getattr(sampling, key)}"
+            self._seed(settings.seed)
+        if key == "ranking":
+            used = str(self.engine.ranking_for(settings.ranking))
+            if used != settings.ranking:
+                return f"ranking {settings.ranking}, but this model cannot compute all of it: candidates are ranked by {used}"
+        return f"{key} {getattr(settings, key)}"
 
     def save(self, path: str | Path) -> Path:
         """Write the transcript (JSON lines) to `path`, replacing it."""
@@ -188,10 +148,3 @@ class Session:
         except OSError as e:
             raise ChitchatError(f"cannot write transcript {path}: {e.strerror or e}") from None
         return path
-
-
-def _parse(name: str, value: str, kind):
-    try:
-        return kind(value)
-    except ValueError:
-        raise ChitchatError(f"{name} takes {'an integer' if kind is int else 'a number'}, not {value!r}") from None

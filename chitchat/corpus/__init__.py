@@ -1,1 +1,1 @@
-"""Dialogue corpora as they come: file sources (compressed or not), layouts, readers, text normalisation."""
+"""Dialogue corpora as they come: file sources (compressed or not), layouts, readers (text normalisation is `chitchat.tokens.normalize`)."""

@@ -3,7 +3,7 @@
 One function per format, each `(path, stats) -> Iterator[Dialogue]`. Readers never raise on bad
 content: a record of the wrong shape or a line that is not UTF-8 is a counted skip (with a warning
 naming file and line), and a file that cannot be read at all is a one-line error in `stats.errors`.
-Utterances come out as the file has them; normalisation happens later, in one place.
+Utterances come out as the file has them; their users normalise them (`chitchat.tokens.normalize`).
 Every reader takes a `Source` (a plain, compressed or zipped file, see `chitchat.corpus.sources`); the
 row layouts (response selection, one utterance per row, line-aligned pairs) are in
 `chitchat.corpus.layouts`.
@@ -26,7 +26,8 @@ from chitchat.corpus.layouts import RowColumns, read_pair, read_rows, read_selec
 from chitchat.corpus.sources import (BOM, COMPRESSED, STREAM_ERRORS, Dialogue, Pair, ReadStats, Source, decoded_lines,
                               inner_name, is_pair_second, partner_name)
 
-__all__ = ["Dialogue", "ReadStats", "RowColumns", "Source", "FORMATS", "detect_format", "expand_inputs", "read_corpus"]
+__all__ = ["Dialogue", "ReadStats", "RowColumns", "Source", "FORMATS", "detect_format", "expand_inputs", "read_corpus",
+           "read_files"]
 
 FORMATS = ("text", "json", "jsonl", "yaml", "tsv", "csv", "pipe", "selection", "rows")
 _EXTENSIONS = {
@@ -300,7 +301,12 @@ READERS: dict[str, Callable[[Source, ReadStats], Iterator[Dialogue]]] = {
 }
 
 
-def _detect(sample: bytes, ext: str | None, columns: RowColumns | None) -> str:
+def _detect(src: Source, sample: bytes, columns: RowColumns | None) -> str:
+    """The format of a file from its (inner) extension and, where that is ambiguous, its first bytes
+    (see `chitchat.corpus.layouts.sniff` for delimited files)."""
+    ext = _EXTENSIONS.get(src.suffix)
+    if ext in ("jsonl", "yaml"):
+        return ext
     text = sample.removeprefix(BOM).decode("utf-8", errors="replace")
     stripped = text.lstrip()
     if ext not in ("text", "csv") and stripped[:1] in ("[", "{"):
@@ -317,16 +323,16 @@ def _detect(sample: bytes, ext: str | None, columns: RowColumns | None) -> str:
     return sniff(text, ext, columns or RowColumns(), truncated=len(sample) >= SAMPLE_BYTES)
 
 
-def detect_format(path: Path | Source, columns: RowColumns | None = None) -> str:
-    """The format of a file from its (inner) extension and, where that is ambiguous, its first
-    64 KiB (see `chitchat.corpus.layouts.sniff` for delimited files)."""
-    src = path if isinstance(path, Source) else Source(Path(path))
-    ext = _EXTENSIONS.get(src.suffix)
-    if ext in ("jsonl", "yaml"):
-        return ext
+def _head(src: Source) -> bytes:
+    """The first SAMPLE_BYTES of a file, decompressed: what its format is told from."""
     with src.open() as f:
-        sample = f.read(SAMPLE_BYTES)
-    return _detect(sample, ext, columns)
+        return f.read(SAMPLE_BYTES)
+
+
+def detect_format(path: Path | Source, columns: RowColumns | None = None) -> str:
+    """The format `read_corpus` reads a file as, when no --format is given."""
+    src = path if isinstance(path, Source) else Source(Path(path))
+    return _detect(src, _head(src), columns)
 
 
 def chatterbot_files(name: str) -> list[Path]:
@@ -441,13 +447,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def _read_source(src: Source, stats: ReadStats, fmt: str | None, columns: RowColumns | None) -> Iterator[Dialogue]:
-    with src.open() as f:
-        sample = f.read(SAMPLE_BYTES)
+    sample = _head(src)
     if not sample:
         stats.error(f"{src}: empty file")
         return
-    ext = _EXTENSIONS.get(src.suffix)
-    fmt = fmt or (ext if ext in ("jsonl", "yaml") else _detect(sample, ext, columns))
+    fmt = fmt or _detect(src, sample, columns)
     reader = partial(read_rows, columns=columns) if fmt == "rows" else READERS[fmt]
     yield from reader(src, stats)
 
@@ -456,11 +460,16 @@ def read_corpus(inputs: Iterable[str], stats: ReadStats, fmt: str | None = None,
                 pairs: Iterable[tuple[str, str]] = ()) -> Iterator[Dialogue]:
     """All dialogues of all inputs (then of the explicit line-aligned `pairs`), in order.
     Unreadable files become errors in `stats`."""
+    yield from read_files(expand_inputs(inputs), stats, fmt, columns, expand_pairs(pairs))
+
+
+def read_files(paths: list[Path], stats: ReadStats, fmt: str | None = None, columns: RowColumns | None = None,
+               pairs: Iterable[tuple[Path, Path]] = ()) -> Iterator[Dialogue]:
+    """`read_corpus` of inputs expanded already (`expand_inputs`, `expand_pairs`), so that a caller
+    that expands them first, to check or measure them, does not expand them twice."""
     if fmt is not None and fmt not in READERS:
         raise ChitchatError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    items = list(_sources(expand_inputs(inputs), stats, fmt))
-    items += [Pair(Source(Path(a)), Source(Path(b))) for a, b in expand_pairs(pairs)]
-    for item in items:
+    for item in [*_sources(paths, stats, fmt), *(Pair(Source(a), Source(b)) for a, b in pairs)]:
         stats.files += 2 if isinstance(item, Pair) else 1
         try:
             yield from read_pair(item, stats) if isinstance(item, Pair) else _read_source(item, stats, fmt, columns)

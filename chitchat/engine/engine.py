@@ -1,4 +1,5 @@
-"""The generation engine: sample candidate replies in one batch with a key/value cache, rank them by MMI.
+"""The generation engine: gather candidate replies (sampled in one batch with a key/value cache, and from
+other candidate sources), score them and choose one by the ranking.
 
 No terminal code here: the chat REPL, the evaluator and the server all drive `Engine`. The model
 runs in `FastGPT2` (fast.py), the next token is chosen by `Sampler` (sampler.py), and what comes
@@ -12,17 +13,16 @@ back is described in replies.py.
   decoding step's new tokens; `generate` and `replies` drive them to the end, so both forms give
   the same candidates for the same seed. A history given up (`send`) leaves the batch: its rows
   are cut out of the key/value cache and the decoding goes on with the others.
-- MMI: each candidate is scored by the MMI model's mean negative log-likelihood of the reversed
-  history given the candidate, `[CLS] candidate [SEP] u_n [SEP] ... u_1 [SEP]`, counted on the
-  history tokens only (their [SEP]s included), all candidates in one right-padded batch. Only the
-  positions that are scored go through the last layer's attention output and MLP, and the output
-  layer (about a third of the work) only at them.
-- PMI: when the ranking needs it, each candidate is also scored given no context (`[CLS] candidate
-  [SEP]`), all in one batch (`score_empty_many`).
+- Other sources (chitchat.engine.sources, `Engine.sources`) add their candidates to the sampled ones.
+- Scoring (chitchat.engine.scoring): the scorings the ranking names (MMI, PMI, ...) are computed for
+  every candidate of every history of the call, each scoring in one batched pass.
 - Choosing (chitchat.engine.ranking): the reply is a non-empty candidate, a finished one (ended
-  with [SEP]) before one cut at `max_len`, with the lowest score under the ranking (`ranking`,
-  default `DEFAULT_RANKING`; MMI off: likelihood); when every candidate is empty the history is
+  with [SEP]) before one cut at `max_len`, with the lowest score under the ranking (the setting,
+  without the terms this engine cannot compute); when every candidate is empty the history is
   sampled again.
+
+Every call takes one `ReplySettings` (chitchat.engine.settings), whole: sampling, candidate counts,
+ranking, the history length the model sees, the seed.
 """
 
 from __future__ import annotations
@@ -34,24 +34,32 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 from chitchat.engine.fast import FastGPT2, torch_threads
-from chitchat.engine.ranking import LIKELIHOOD, Ranking, choose, effective_ranking
+from chitchat.engine.ranking import Ranking, choose, parse_ranking
 from chitchat.engine.replies import Candidate, Reply, ReplyStep, Steps, run_to_end
-from chitchat.engine.sampler import Sampler, seed_generator
+from chitchat.engine.retrieved import RetrievalSource
+from chitchat.engine.sampler import Generators, Sampler, seed_generator
+from chitchat.engine.scoring import Group, score_groups
+from chitchat.engine.selector import Selector
+from chitchat.engine.settings import ReplySettings
+from chitchat.engine.sources import CandidateSource
 from chitchat.errors import ChitchatError
 from chitchat.model.gpt2 import load_model, resolve_model_dir
-from chitchat.model.sampling import SamplingConfig
 from chitchat.tokens.tokenizer import CLS, PAD, SEP, SPACE, UNK, tokenizer_tokens
 
 MAX_RESAMPLE = 3  # rounds of sampling when every candidate came out empty
+# context tokens read per prefill call: a larger batch is read in parts, with a pause between them in
+# which the caller may give histories up (a server's clients that left), so one never waits long
+PREFILL_TOKENS = 1024
 
 
 class Engine:
     """Candidate generation and ranking over a dialogue model and an optional MMI model."""
 
     def __init__(self, model, tokenizer, mmi_model=None, *, int8: bool = False, device: str = "cpu",
-                 threads: int | None = 1, model_path: str | None = None, mmi_path: str | None = None):
+                 threads: int | None = 1, model_path: str | None = None, mmi_path: str | None = None,
+                 sources: tuple[CandidateSource, ...] = ()):
         """`threads`: torch intra-op threads while the engine runs (None: torch's setting). The
         default is 1: a decoding step is a few dozen small ops, and on a CPU shared with other
         work a second OpenMP thread that gets descheduled stalls every op, which can make replies
@@ -59,6 +67,9 @@ class Engine:
         runs one thread per core and measures by how much)."""
         self.tokenizer = tokenizer
         self.threads = threads
+        self.sources = list(sources)  # candidate sources besides sampling (chitchat.engine.sources)
+        self.index_path: str | None = None  # the response index behind the source "retrieved", if any
+        self.selector: Selector | None = None  # a trained selector (the scoring "selector"), if any
         self.model_path, self.mmi_path = model_path, mmi_path
         self.int8 = int8
         self.device = torch.device(device)
@@ -79,7 +90,10 @@ class Engine:
 
     @classmethod
     def load(cls, model_dir, mmi_dir=None, *, int8: bool = False, device: str = "cpu",
-             threads: int | None = 1) -> "Engine":
+             threads: int | None = 1, index_dir=None, selector=None) -> "Engine":
+        """The models in these directories; with `index_dir`, a response index whose replies are the
+        source "retrieved" (its tokenizer must be the model's); with `selector`, a trained selector's
+        file (the scoring "selector", chitchat.engine.selector)."""
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ChitchatError(f"device {device}: CUDA is not available")
         model, tokenizer = load_model(model_dir, device="cpu")
@@ -88,9 +102,14 @@ class Engine:
             mmi_model, mmi_tokenizer = load_model(mmi_dir, device="cpu")
             if tokenizer_tokens(mmi_tokenizer) != tokenizer_tokens(tokenizer):
                 raise ChitchatError(f"{mmi_dir}: the MMI model's vocabulary differs from the dialogue model's ({model_dir})")
-        return cls(model, tokenizer, mmi_model, int8=int8, device=device, threads=threads,
-                   model_path=str(resolve_model_dir(model_dir)),
-                   mmi_path=str(resolve_model_dir(mmi_dir)) if mmi_dir is not None else None)
+        model_path = resolve_model_dir(model_dir)
+        sources = (RetrievalSource.load(index_dir, model_path),) if index_dir is not None else ()
+        engine = cls(model, tokenizer, mmi_model, int8=int8, device=device, threads=threads,
+                     model_path=str(model_path),
+                     mmi_path=str(resolve_model_dir(mmi_dir)) if mmi_dir is not None else None, sources=sources)
+        engine.index_path = str(index_dir) if index_dir is not None else None
+        engine.selector = Selector.load(selector) if selector is not None else None
+        return engine
 
     def with_threads(self, threads: int | None) -> "Engine":
         """This engine, its models shared, with another `threads` setting. Calls may run at once on
@@ -154,30 +173,44 @@ class Engine:
 
     # -- the batched sampling loops ------------------------------------------------------------
 
-    def generate(self, histories: list[list[str]] | list[list[list[int]]], sampling: SamplingConfig | None = None,
-                 seed: int | None = None, generator: torch.Generator | None = None) -> list[list[Candidate]]:
-        """`sampling.candidates` sampled replies for each history (a list of utterances, oldest first;
-        text, or token ids from `encode`), all in one batch. No MMI scoring here."""
-        return run_to_end(self.generate_stream(histories, sampling, seed, generator))
+    def generate(self, histories: list[list[str]] | list[list[list[int]]], settings: ReplySettings | None = None, *,
+                 generator: torch.Generator | None = None) -> list[list[Candidate]]:
+        """`settings.candidates` sampled replies for each history (a list of utterances, oldest first;
+        text, or token ids from `encode`), all in one batch. No other source, no scoring here."""
+        return run_to_end(self.generate_stream(histories, settings, generator=generator))
 
     def generate_stream(self, histories: list[list[str]] | list[list[list[int]]],
-                        sampling: SamplingConfig | None = None, seed: int | None = None,
-                        generator: torch.Generator | None = None) -> Steps:
+                        settings: ReplySettings | None = None, *, generator: torch.Generator | None = None) -> Steps:
         """`generate` as a generator: after each decoding step it yields the new token of every row
         of the batch (row `i * candidates + j` is history i's candidate j; None for a row that had
-        already ended; [SEP] ends a row), and it returns what `generate` returns: the same sampling,
-        the same random draws, the same candidates. `send` it a set of rows to stop decoding
+        already ended; [SEP] ends a row; None for a pause between the parts of a large batch's
+        prefill), and it returns what `generate` returns: the same sampling, the same random draws,
+        the same candidates. `send` it a set of rows to stop decoding
         (`replies_stream` does so for a client that went away): they leave the batch."""
-        cfg = (sampling or SamplingConfig()).validate()
-        gen = generator if generator is not None else seed_generator(seed)
-        contexts = [self.context_ids(self.fit_history(self._as_ids(h), cfg.max_len)) for h in histories]
+        cfg = (settings or ReplySettings()).validate()
+        gen = generator if generator is not None else seed_generator(cfg.seed)
+        contexts = [self.context_ids(self.prompt(h, cfg)) for h in histories]
         return self._sample_steps(contexts, cfg, gen)
+
+    def prompt(self, history, settings: ReplySettings) -> list[list[int]]:
+        """The utterances (token ids) the model sees of `history`: its last `max_history_len`, then the
+        most recent of those that fit the model's positions with a reply of `max_len`."""
+        return self.fit_history(self._as_ids(history[-settings.max_history_len:]), settings.max_len)
+
+    def ranking_for(self, ranking: "str | Ranking") -> Ranking:
+        """The ranking replies are chosen by on this engine: `ranking` without the terms it cannot
+        compute (an MMI term without an MMI model), else likelihood."""
+        return parse_ranking(ranking).usable(self)
+
+    def streams(self, settings: ReplySettings) -> bool:
+        """Whether a reply is known as it is written: one sampled candidate and no other source's."""
+        return settings.candidates == 1 and all(getattr(settings, s.count) == 0 for s in self.sources)
 
     def _as_ids(self, history) -> list[list[int]]:
         return [u if isinstance(u, list) else self.encode(u) for u in history]
 
     @torch.inference_mode()
-    def _sample_steps(self, contexts: list[list[int]], cfg: SamplingConfig, gen: torch.Generator) -> Steps:
+    def _sample_steps(self, contexts: list[list[int]], cfg: ReplySettings, gen: torch.Generator) -> Steps:
         model, dev = self.fast, self.device
         n, C = cfg.candidates, len(contexts)
         B = C * n
@@ -204,12 +237,20 @@ class Engine:
         try:
             with torch_threads(self.threads):
                 model.prepare_decode(one_row=torch.get_num_threads() > 1)
-                kv: list[torch.Tensor] = []
-                h = model.hidden(ids, positions, mask=prefill_mask, keys=kv, skip=T0 - 1)  # the last position's state
-                for layer_cache, layer_kv in zip(cache, kv):  # each context's keys, shared by its candidates
-                    layer_cache.view(2, C, n, *layer_cache.shape[2:])[:, :, :, :, :T0] = layer_kv.unsqueeze(2)
-                logits = model.logits(h[:, -1]).repeat_interleave(n, 0)
-                out, length, done, logp = yield from self._decode_steps(logits, cache, T0, lens, key_ok, cfg, gen)
+                per_call, last, gone = max(1, PREFILL_TOKENS // T0), [], set()
+                for a in range(0, C, per_call):
+                    if a:  # a pause between parts (yields None): rows given up meanwhile are not decoded
+                        gone |= set((yield None) or ())
+                        if len(gone) == B:
+                            return [[] for _ in range(C)]
+                    b, kv = min(C, a + per_call), []
+                    h = model.hidden(ids[a:b], positions[a:b], mask=None if prefill_mask is None else prefill_mask[a:b],
+                                     keys=kv, skip=T0 - 1)  # the last position's state
+                    for layer_cache, layer_kv in zip(cache, kv):  # each context's keys, shared by its candidates
+                        layer_cache.view(2, C, n, *layer_cache.shape[2:])[:, a:b, :, :, :T0] = layer_kv.unsqueeze(2)
+                    last.append(model.logits(h[:, -1]))
+                logits = torch.cat(last).repeat_interleave(n, 0)
+                out, length, done, logp = yield from self._decode_steps(logits, cache, T0, lens, key_ok, cfg, gen, gone)
         finally:
             model.return_cache(buffer)
         if not all(math.isfinite(x) for x in logp):
@@ -221,15 +262,16 @@ class Engine:
                 b = c * n + j
                 reply_ids = out[b][:length[b]]
                 scored = length[b] + (1 if done[b] else 0)  # the closing [SEP] counts
-                row_candidates.append(Candidate(self.decode(reply_ids), reply_ids, -logp[b] / max(scored, 1),
-                                                finished=done[b]))
+                row_candidates.append(Candidate(self.decode(reply_ids), reply_ids, "sampled", finished=done[b],
+                                                scores={"likelihood": -logp[b] / max(scored, 1)}))
             result.append(row_candidates)
         return result
 
     def _decode_steps(self, logits: torch.Tensor, cache: list[torch.Tensor], T0: int, lens: list[int],
-                      key_ok: torch.Tensor | None, cfg: SamplingConfig, gen: torch.Generator):
-        """The decode loop after the prefill: `logits` (B, V) of the first reply token. Yields each
-        step's tokens (see `generate_stream`), takes rows to drop from `send`. Returns each row's
+                      key_ok: torch.Tensor | None, cfg: ReplySettings, gen: torch.Generator, gone: set[int]):
+        """The decode loop after the prefill: `logits` (B, V) of the first reply token, `gone` rows
+        given up during the prefill. Yields each step's tokens (see `generate_stream`), takes rows to
+        drop from `send`. Returns each row's
         tokens, reply length (without [SEP]), whether it ended with [SEP], and its summed
         log-probability (the closing [SEP] included). Per-row bookkeeping stays in Python lists: at
         chat batch sizes that is cheaper than a dozen tiny tensor ops per step."""
@@ -238,14 +280,21 @@ class Engine:
         rows = list(range(B))  # the batch's rows still decoded (dropped ones leave it)
         positions = (torch.tensor(lens, device=dev).repeat_interleave(n)[:, None]
                      + torch.arange(cfg.max_len, device=dev))  # (B, max_len): each row's position at each step
+        if gone:
+            rows = [r for r in rows if r not in gone]
+            index = torch.tensor(rows, device=dev)
+            logits, positions = logits[index], positions[index]
+            key_ok = None if key_ok is None else key_ok[index]
+            cache = [layer_cache.index_select(1, index) for layer_cache in cache]
         out: list[list[int]] = [[] for _ in range(B)]
         done, length, logp = [False] * B, [cfg.max_len] * B, [0.0] * B
-        seen = torch.zeros(B, logits.shape[1], device=dev) if cfg.repetition_penalty != 1.0 else None
+        seen = torch.zeros(len(rows), logits.shape[1], device=dev) if cfg.repetition_penalty != 1.0 else None
         penalty = -math.log(cfg.repetition_penalty)
         pad, sep = self.pad_id, self.sep_id
         for step in range(cfg.max_len):
             log_probs = F.log_softmax(logits, dim=1)  # the model's own distribution, before sampling controls
-            tok = self.sampler.next_tokens(logits, step, [out[r] for r in rows], seen, cfg, gen)
+            owners = [r // n for r in rows] if isinstance(gen, Generators) else None  # each row's history
+            tok = self.sampler.next_tokens(logits, step, [out[r] for r in rows], seen, cfg, gen, owners)
             chosen = log_probs.gather(1, tok[:, None]).view(len(rows)).tolist()
             toks = tok.tolist()
             new: list[int | None] = [None] * B
@@ -279,118 +328,61 @@ class Engine:
             logits = model.logits(model.step(tok, positions[:, step], cache, T0 + step, mask))
         return out, length, done, logp
 
-    # -- MMI ----------------------------------------------------------------------------------
+    # -- scoring and choosing ------------------------------------------------------------------
 
-    def score_mmi(self, history: list[list[int]], candidates: list[Candidate]) -> None:
-        """Set `mmi` on each candidate: the MMI model's mean NLL of the reversed history given it."""
-        self.score_mmi_many([(history, candidates)])
+    def score(self, groups: list[Group], names) -> None:
+        """Compute scorings `names` (chitchat.engine.scoring) for the candidates of every group."""
+        score_groups(self, groups, names)
 
-    @torch.inference_mode()
-    def score_mmi_many(self, groups: list[tuple[list[list[int]], list[Candidate]]]) -> None:
-        """`score_mmi` for several (history, candidates) pairs, all in one right-padded batch."""
-        if self.mmi is None:
-            return
-        sequences, starts, owners = [], [], []
-        for history, candidates in groups:
-            reversed_history = []
-            for u in reversed(history):
-                reversed_history.extend(u)
-                reversed_history.append(self.sep_id)
-            same: dict[tuple[int, ...], list[Candidate]] = {}  # identical candidates are scored once
-            for cand in candidates:
-                same.setdefault(tuple(cand.ids), []).append(cand)
-            for ids, owner in same.items():
-                head = [self.cls_id, *ids, self.sep_id]
-                room = self.mmi.n_positions - len(head)
-                sequences.append(head + reversed_history[:max(room, 0)])
-                starts.append(len(head))
-                owners.append(owner)
-        if not sequences:
-            return
-        with torch_threads(self.threads):
-            nll = self.mmi.sequence_nll(sequences, starts, self.pad_id).tolist()
-        for owner, score in zip(owners, nll):
-            for cand in owner:
-                cand.mmi = score
-
-    @torch.inference_mode()
-    def score_empty_many(self, candidates: list[Candidate]) -> None:
-        """Set `nll_empty` on each candidate: the dialogue model's mean NLL of it given no context,
-        `[CLS] candidate [SEP]` (no [SEP] for one cut at max_len, as its `nll` counts none), all in
-        one batch; identical candidates are scored once."""
-        same: dict[tuple[tuple[int, ...], bool], list[Candidate]] = {}
-        for cand in candidates:
-            same.setdefault((tuple(cand.ids), cand.finished), []).append(cand)
-        if not same:
-            return
-        sequences = [[self.cls_id, *ids, *([self.sep_id] if finished else [])] for ids, finished in same]
-        with torch_threads(self.threads):
-            nll = self.fast.sequence_nll(sequences, [1] * len(sequences), self.pad_id).tolist()
-        for owner, score in zip(same.values(), nll):
-            for cand in owner:
-                cand.nll_empty = score
-
-    def score_for(self, ranking: Ranking, groups: list[tuple[list[list[int]], list[Candidate]]]) -> None:
-        """The scores `ranking` needs of each (history, non-empty candidates) group, in batches."""
-        if ranking.needs_mmi:
-            self.score_mmi_many(groups)
-        if ranking.needs_empty:
-            self.score_empty_many([c for _, cands in groups for c in cands])
-
-    @staticmethod
-    def choose(candidates: list[Candidate], use_mmi: bool = True,
-               ranking: Ranking | str | None = None) -> tuple[int | None, str]:
-        """Index of the best candidate and the ranking used; None when every candidate is empty.
-        `ranking` (chitchat.engine.ranking) None: MMI when `use_mmi`, else likelihood. Finished
-        candidates first, then the lowest finite score; when none has one, the most likely."""
-        if ranking is None:
-            ranking = "mmi" if use_mmi else LIKELIHOOD
-        return choose(candidates, ranking)
-
-    def replies(self, histories: list[list[str]] | list[list[list[int]]], sampling: SamplingConfig | None = None,
-                seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None,
-                ranking: Ranking | str | None = None) -> list[Reply]:
-        """One reply per history (utterances oldest first, the user's last one at the end), sampled
-        together: `candidates` per history, scored as `ranking` needs (None: the default ranking;
-        `mmi` off: likelihood; no MMI model: the ranking without MMI), and the best one picked.
-        Never empty: a history whose candidates are all empty is sampled again, and in the last
-        round [SEP] may not come first."""
-        return run_to_end(self.replies_stream(histories, sampling, seed, mmi=mmi, generator=generator,
-                                              ranking=ranking))
+    def replies(self, histories: list[list[str]] | list[list[list[int]]], settings: ReplySettings | None = None, *,
+                generator: torch.Generator | None = None) -> list[Reply]:
+        """One reply per history (utterances oldest first, the user's last one at the end), made
+        together: `candidates` sampled per history plus the other sources' (`Engine.sources`), scored
+        as the ranking needs, and the best one picked. The seed is `settings.seed` unless a
+        `generator` is given. Never empty: a history whose candidates are all empty is sampled
+        again, and in the last round [SEP] may not come first."""
+        return run_to_end(self.replies_stream(histories, settings, generator=generator))
 
     def replies_stream(self, histories: list[list[str]] | list[list[list[int]]],
-                       sampling: SamplingConfig | None = None, seed: int | None = None, *, mmi: bool = True,
-                       generator: torch.Generator | None = None, ranking: Ranking | str | None = None) -> Steps:
+                       settings: ReplySettings | None = None, *, generator: torch.Generator | None = None) -> Steps:
         """`replies` as a generator: yields a `ReplyStep` after each decoding step and returns what
         `replies` returns (the same replies for the same seed). `send` it a set of history indices
         to give up (clients that went away): their rows leave the batch at once, they are not
-        scored, and their entry in the result is None."""
-        cfg = (sampling or SamplingConfig()).validate()
-        gen = generator if generator is not None else seed_generator(seed)
-        utterances = [self.fit_history(self._as_ids(h), cfg.max_len) for h in histories]
+        scored, and their entry in the result is None. `generator` may be `Generators`, one per
+        history (each history then gets the replies its own generator gives alone, when
+        `shared_width(settings)`)."""
+        cfg = (settings or ReplySettings()).validate()
+        gen = generator if generator is not None else seed_generator(cfg.seed)
+        utterances = [self.prompt(h, cfg) for h in histories]
         contexts = [self.context_ids(u) for u in utterances]
-        rank = effective_ranking(ranking, mmi, self.mmi is not None)
+        rank = self.ranking_for(cfg.ranking)
+        gathered = self._gather(histories, cfg)
         n = cfg.candidates
         out: list[Reply | None] = [None] * len(histories)
         pending = list(range(len(histories)))
         dropped: set[int] = set()
         for attempt in range(1, MAX_RESAMPLE + 2):
             round_cfg = cfg if attempt <= MAX_RESAMPLE else replace(cfg, min_len=max(cfg.min_len, 1))
-            steps = self._sample_steps([contexts[i] for i in pending], round_cfg, gen)
-            drop_rows: set[int] | None = None
-            try:
-                while True:
-                    toks = steps.send(drop_rows)
-                    give_up = yield ReplyStep(attempt, {i: toks[k * n:(k + 1) * n] for k, i in enumerate(pending)
-                                                        if i not in dropped})
-                    drop_rows = None
-                    if give_up:
-                        dropped |= set(give_up)
-                        drop_rows = {k * n + j for k, i in enumerate(pending) if i in give_up for j in range(n)}
-            except StopIteration as end:
-                sampled = end.value
-            kept = [(i, cands) for i, cands in zip(pending, sampled) if i not in dropped]
-            self.score_for(rank, [(utterances[i], [c for c in cands if not c.empty]) for i, cands in kept])
+            sampled: list[list[Candidate]] = [[] for _ in pending]
+            if n:
+                round_gen = Generators(gen[i] for i in pending) if isinstance(gen, Generators) else gen
+                steps = self._sample_steps([contexts[i] for i in pending], round_cfg, round_gen)
+                drop_rows: set[int] | None = None
+                try:
+                    while True:
+                        toks = steps.send(drop_rows)  # None: a pause in the prefill, no tokens yet
+                        give_up = yield ReplyStep(attempt, {} if toks is None else {
+                            i: toks[k * n:(k + 1) * n] for k, i in enumerate(pending) if i not in dropped})
+                        drop_rows = None
+                        if give_up:
+                            dropped |= set(give_up)
+                            drop_rows = {k * n + j for k, i in enumerate(pending) if i in give_up for j in range(n)}
+                except StopIteration as end:
+                    sampled = end.value
+                give_up = yield ReplyStep(attempt, {})  # sampled: a last chance to give up before scoring
+                dropped |= set(give_up or ())
+            kept = [(i, cands + gathered[i]) for i, cands in zip(pending, sampled) if i not in dropped]
+            self.score([Group(utterances[i], cands) for i, cands in kept], rank.names)
             still = []
             for i, cands in kept:
                 chosen, used = choose(cands, rank)
@@ -401,12 +393,29 @@ class Engine:
             pending = still
             if not pending:
                 break
+            if not n:  # nothing to sample again
+                raise ChitchatError("no candidate: none is sampled (candidates 0) and the other sources gave none "
+                                    f"({', '.join(s.name for s in self.sources) or 'this model has no response index'})")
         if pending:  # unreachable: with min_len >= 1 the first token is a character
             raise ChitchatError("the dialogue model produced only empty replies")
         return out
 
-    def reply(self, history: list[str] | list[list[int]], sampling: SamplingConfig | None = None,
-              seed: int | None = None, *, mmi: bool = True, generator: torch.Generator | None = None,
-              ranking: Ranking | str | None = None) -> Reply:
+    def _gather(self, histories, cfg: ReplySettings) -> list[list[Candidate]]:
+        """Each history's candidates from the other sources (none when their counts are 0)."""
+        gathered: list[list[Candidate]] = [[] for _ in histories]
+        texts = None
+        for source in self.sources:
+            count = getattr(cfg, source.count)
+            if not count:
+                continue
+            if texts is None:
+                texts = [[u if isinstance(u, str) else self.decode(u) for u in h[-cfg.max_history_len:]]
+                         for h in histories]
+            for mine, found in zip(gathered, source.gather(self, texts, count, cfg.max_len)):
+                mine.extend(found[:count])
+        return gathered
+
+    def reply(self, history: list[str] | list[list[int]], settings: ReplySettings | None = None, *,
+              generator: torch.Generator | None = None) -> Reply:
         """`replies` for one history."""
-        return self.replies([history], sampling, seed, mmi=mmi, generator=generator, ranking=ranking)[0]
+        return self.replies([history], settings, generator=generator)[0]

@@ -1,18 +1,17 @@
 """Options shared by `chitchat chat`, `chitchat eval` and `chitchat serve`, each defined once: the engine
-flags (EngineOptions: which models, on which device), the sampling flags (SamplingConfig's fields) and
-the ranking flag (RankingOptions)."""
+flags (EngineOptions: which models, on which device) and the reply settings' flags (ReplySettings'
+fields, chitchat.engine.settings)."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from chitchat.engine.engine import Engine
-from chitchat.engine.ranking import DEFAULT_RANKING, SYNTAX, parse_ranking
+from chitchat.engine.settings import ReplySettings
 from chitchat.errors import ChitchatError
 from chitchat.model.default import ensure_default_model
-from chitchat.model.sampling import SamplingConfig
 from chitchat.options import add_options, option, options_from_args
 
 
@@ -29,6 +28,11 @@ class EngineOptions:
     threads: int | None = option(None, metavar="N", help="CPU threads the engine uses (none: torch's default, "
                                  "one per core; 1 suits a CPU shared with other work)")
     int8: bool = option(False, help="int8 weights for the linear and output layers (CPU)")
+    index: str | None = option(None, metavar="DIR", help="response index for retrieved candidates (--retrieved); "
+                               "none: the index/ beside the model's directory, when there")
+    no_index: bool = option(False, help="load no response index: every candidate is sampled")
+    selector: str | None = option(None, metavar="FILE", help="trained selector (the ranking's `selector` "
+                                  "scoring); none: selector.json beside the model's directory, when there")
 
     def validate(self) -> "EngineOptions":
         if self.threads is not None and self.threads < 1:
@@ -36,55 +40,53 @@ class EngineOptions:
         return self
 
 
-@dataclass
-class RankingOptions:
-    """How the sampled candidates are ranked (chitchat.engine.ranking)."""
-
-    ranking: str = option(DEFAULT_RANKING, metavar="SPEC",
-                          help=f"how candidates are ranked, lower is better: {SYNTAX} "
-                               f"(default {DEFAULT_RANKING}; with no MMI model its MMI term is left out)")
+def add_engine_arguments(p, *, defaults: dict | None = None, skip: tuple[str, ...] = ()) -> None:
+    """The engine flags, in a "model" group."""
+    add_options(p, EngineOptions, group="model", defaults=defaults, skip=skip)
 
 
-def add_ranking_arguments(p) -> None:
-    add_options(p, RankingOptions, group="sampling")
-
-
-def ranking_from_args(args) -> str:
-    """The --ranking flag, checked and written canonically; a bad one is a one-line ChitchatError."""
-    return str(parse_ranking(options_from_args(RankingOptions, args).ranking))
-
-
-def add_engine_arguments(p, *, defaults: dict | None = None, skip: tuple[str, ...] = (),
-                         several_models: bool = False) -> None:
-    """The engine flags, in a "model" group; `several_models`: --model may be repeated (args.model is then
-    a list, None when absent)."""
-    add_options(p, EngineOptions, group="model", defaults=defaults,
-                skip=skip + (("model",) if several_models else ()))
-    if several_models:
-        group = next(g for g in p._action_groups if g.title == "model")
-        meta = EngineOptions.__dataclass_fields__["model"].metadata["chitchat.option"]
-        group.add_argument("--model", action="append", metavar="DIR",
-                           help=meta["help"].replace("; none:", " (repeat to compare models side by side); none:"))
+def add_model_argument(p, several: bool = False) -> None:
+    """--model alone, in the "model" group; `several`: it may be repeated (args.model is then a list,
+    None when absent), to compare models side by side."""
+    group = next((g for g in p._action_groups if g.title == "model"), None) or p.add_argument_group("model")
+    meta = EngineOptions.__dataclass_fields__["model"].metadata["chitchat.option"]
+    group.add_argument("--model", action="append" if several else "store", metavar="DIR",
+                       help=meta["help"].replace("; none:", " (repeat to compare models side by side); none:"))
 
 
 def engine_options_from_args(args) -> EngineOptions:
-    return options_from_args(EngineOptions, argparse.Namespace(
-        **{k: v for k, v in vars(args).items() if k != "model" or not isinstance(v, list)})).validate()
+    return options_from_args(EngineOptions, args).validate()
 
 
-def add_sampling_arguments(p) -> None:
-    add_options(p, SamplingConfig, group="sampling")
+def add_settings_arguments(p, defaults: dict | None = None) -> None:
+    """Every reply setting as a flag (ReplySettings' fields), in a "reply settings" group."""
+    add_options(p, ReplySettings, group="reply settings", defaults=defaults)
 
 
-def sampling_from_args(args) -> SamplingConfig:
-    return options_from_args(SamplingConfig, args).validate()
+def settings_from_args(args) -> ReplySettings:
+    """The reply settings of the flags, validated: a bad value is a one-line ChitchatError."""
+    return options_from_args(ReplySettings, args).validate()
 
 
-def load_engine(args, say: Callable[[str], None]) -> Engine:
-    opts = engine_options_from_args(args)
+def load_engine(opts: EngineOptions, say: Callable[[str], None]) -> Engine:
+    """The engine `opts` names: the shipped default model (and its MMI model) unless --model."""
     model, mmi = opts.model, None if opts.no_mmi else opts.mmi_model
     if model is None:
         model, default_mmi = ensure_default_model(say=say)
         if not opts.no_mmi and mmi is None:
             mmi = default_mmi
-    return Engine.load(model, mmi, int8=opts.int8, device=opts.device, threads=opts.threads)
+    selector = opts.selector or (Path(model).parent / "selector.json")
+    return Engine.load(model, mmi, int8=opts.int8, device=opts.device, threads=opts.threads,
+                       index_dir=index_dir(opts, model),
+                       selector=selector if opts.selector or Path(selector).is_file() else None)
+
+
+def index_dir(opts: EngineOptions, model: str) -> Path | None:
+    """The response index `opts` names, else the `index/` beside the model's directory (as
+    models/default/ holds dialogue/, mmi/ and index/), else None."""
+    if opts.no_index:
+        return None
+    if opts.index is not None:
+        return Path(opts.index)
+    near = Path(model).parent / "index"
+    return near if (near / "meta.json").is_file() else None

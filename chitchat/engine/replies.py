@@ -1,4 +1,4 @@
-"""What the engine hands back: sampled candidates, the chosen reply, and the steps of a streamed one.
+"""What the engine hands back: candidates (sampled or from another source), the chosen reply, and the steps of a streamed one.
 
 Streaming generation is a generator that yields one step per decoding step and returns the final
 result (`Steps`); `run_to_end` drives one to its end, so the batch and the streamed forms of a call
@@ -15,26 +15,25 @@ from typing import Protocol
 
 @dataclass
 class Candidate:
-    """One sampled reply. `nll`: the dialogue model's mean negative log-likelihood per token of the
-    reply (its closing [SEP] included); `mmi`: the MMI model's mean NLL of the reversed history given
-    the reply (None when not scored, NaN/inf when the MMI model failed on it); `nll_empty`: the
-    dialogue model's mean NLL of the reply given no context (None when the ranking needs no PMI).
-    Lower is better (chitchat.engine.ranking ranks by them)."""
+    """One candidate reply: its text and token ids, the source that gave it ("sampled", or another
+    candidate source's name), whether it ended with [SEP] (False: cut at max_len), and its scores
+    (`scores[name]` for each scoring computed, chitchat.engine.scoring; lower is better; NaN or inf
+    when a model failed on it). A sampled candidate comes with its "likelihood"."""
 
     text: str
     ids: list[int]
-    nll: float
-    mmi: float | None = None
-    finished: bool = True  # ended with [SEP] (False: cut at max_len)
-    nll_empty: float | None = None
+    source: str = "sampled"
+    finished: bool = True
+    scores: dict[str, float] = field(default_factory=dict)
+    retrieval: float | None = None  # a retrieved candidate's retrieval score (the contexts' similarity)
 
     @property
     def empty(self) -> bool:
         return not self.text.strip()
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "nll": _json_float(self.nll), "mmi": _json_float(self.mmi), "finished": self.finished,
-                "nll_empty": _json_float(self.nll_empty)}
+        return {"text": self.text, "source": self.source, "finished": self.finished,
+                "scores": {name: _json_float(v) for name, v in self.scores.items()}}
 
 
 @dataclass
@@ -43,7 +42,7 @@ class Reply:
     candidates: list[Candidate]
     chosen: int
     ranking: str  # the ranking used (chitchat.engine.ranking: "mmi", "mmi+0.5*pmi", ...), or "likelihood"
-    # when MMI is off or no candidate has a finite score under the ranking
+    # when no candidate has a finite score under it
     attempts: int = 1  # sampling rounds (more than 1 when every candidate came out empty)
 
 

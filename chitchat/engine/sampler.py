@@ -10,10 +10,13 @@ top-k, top-p; then a draw from what is left.
   divides the logit, which raises the probability of a seen token whose logit is negative;
   `transformers`' sign-aware variant can still raise a seen token's probability when other seen
   tokens are lowered more.)
-- A temperature below `GREEDY_BELOW` (1e-4) means greedy: the most likely token (see model/sampling.py).
+- A temperature below `GREEDY_BELOW` (1e-4) means greedy: the most likely token (see engine/settings.py).
 - With top-k, top-p applies within the top k (as `transformers` does).
 - The draw is the exponential race (argmax of p / Exp(1) noise), with noise drawn on the CPU from a
-  CPU generator, so that a seed gives the same replies on every device.
+  CPU generator, so that a seed gives the same replies on every device. With one generator per
+  history (`Generators`), each history's rows draw their noise from their own: a history gets the
+  replies its seed gives whatever else shares the batch, as long as the noise's width does not
+  depend on the batch (`shared_width`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,18 @@ import os
 
 import torch
 
-from chitchat.model.sampling import GREEDY_BELOW, SamplingConfig
+from chitchat.engine.settings import GREEDY_BELOW, ReplySettings
+
+
+class Generators(list):
+    """One CPU generator per history of a batch, in order (a plain Generator serves every row)."""
+
+
+def shared_width(cfg: ReplySettings) -> bool:
+    """Whether the noise each row draws has a width fixed by `cfg` alone (top-k, greedy, or the whole
+    vocabulary), not by the other rows of the batch (nucleus sampling without top-k keeps as many
+    tokens as the batch's widest row needs): then histories with their own seeds may share a batch."""
+    return cfg.top_k > 0 or cfg.temperature < GREEDY_BELOW or not 0 < cfg.top_p < 1
 
 
 def seed_generator(seed: int | None) -> torch.Generator:
@@ -65,10 +79,11 @@ class Sampler:
                 self.bans[first, early] = m
 
     def next_tokens(self, logits: torch.Tensor, step: int, out: list[list[int]], seen: torch.Tensor | None,
-                    cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
+                    cfg: ReplySettings, gen: "torch.Generator | Generators",
+                    owners: list[int] | None = None) -> torch.Tensor:
         """Next token per row (B,) from raw logits (B, V), which are modified in place; `step`: the
         reply tokens so far; `out`: each row's tokens so far; `seen`: (B, V) repetition penalties
-        to add (None: no penalty)."""
+        to add (None: no penalty); with `Generators`, `owners` is each row's history index."""
         logits += self.bans[step == 0, step < cfg.min_len]
         if seen is not None:
             logits += seen
@@ -97,6 +112,20 @@ class Sampler:
             probs = probs.masked_fill(before >= top_p, 0.0)
         # argmax of p / Exp(1) noise draws index i with probability p_i (the exponential race, as
         # Gumbel-max); drawn on the CPU with the CPU generator, so that a seed means the same everywhere
-        noise = torch.empty(probs.shape).exponential_(generator=gen).to(probs.device)
+        noise = _noise(probs.shape, gen, owners).to(probs.device)
         choice = (probs / noise).argmax(dim=1, keepdim=True)
         return (choice if index is None else index.gather(1, choice)).squeeze(1)
+
+
+def _noise(shape, gen, owners: list[int] | None) -> torch.Tensor:
+    """Exp(1) noise of `shape`: from one generator, or each run of rows from its history's generator."""
+    if not isinstance(gen, Generators):
+        return torch.empty(shape).exponential_(generator=gen)
+    parts, start = [], 0
+    while start < len(owners):
+        end = start
+        while end < len(owners) and owners[end] == owners[start]:
+            end += 1
+        parts.append(torch.empty((end - start, *shape[1:])).exponential_(generator=gen[owners[start]]))
+        start = end
+    return torch.cat(parts)

@@ -9,42 +9,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 from chitchat.corpus.readers import ReadStats, read_corpus
-from chitchat.engine.ranking import DEFAULT_RANKING
-from chitchat.engine.settings import ChatSettings
-from chitchat.model.sampling import SamplingConfig
+from chitchat.engine.options import EngineOptions
+from chitchat.engine.settings import ReplySettings
 from chitchat.options import option
 
-DEFAULT_MAX_HISTORY = ChatSettings.max_history_len  # the context the chat's bot sees
+DEFAULT_MAX_HISTORY = ReplySettings.max_history_len  # the context the chat's bot sees
 DEFAULT_NEGATIVES = 9  # distractors per case: the true reply is ranked among 10
+DEFAULT_SEED = 42  # eval's seed when none is given: a rerun reproduces report.json
+
+
+def eval_settings() -> ReplySettings:
+    return ReplySettings(seed=DEFAULT_SEED)
 
 
 @dataclass
 class EvalConfig:
-    """Everything `chitchat eval` does; the fields with a flag are its command line (chitchat.eval.cli).
-    The engine flags (--model, --mmi-model, --device, --threads, --int8) come from
-    chitchat.engine.options and the sampling flags from SamplingConfig."""
+    """Everything `chitchat eval` does; the fields with a flag are its command line (chitchat.commands.eval).
+    `engine` holds which MMI model and where the models run (chitchat.engine.options), `settings` how
+    replies are made (chitchat.engine.settings: sampling, ranking, context length, seed): both are
+    the chat's own flags."""
 
     models: list[str] = option(cli=False, help="dialogue model directories")
     output: Path = option(aliases=("-o",), metavar="DIR", help="run directory for cases.jsonl, report.json, report.md")
     data: list[str] = option(nargs="+", metavar="FILE", default_factory=list,
                              help="dialogue files, folders or globs (any corpus format): generation, perplexity "
                                   "and coherence test cases")
-    mmi_model: str | None = option(None, cli=False, help="MMI model: replies are ranked by it")
-    compare_mmi: bool = option(False, help="report each model with and without MMI ranking")
+    engine: EngineOptions = option(default_factory=lambda: EngineOptions(threads=None), group="model",
+                                   help="the MMI model, device, threads, int8 (the engine flags)")
+    settings: ReplySettings = option(default_factory=eval_settings, group="reply settings",
+                                     help="how replies are made and ranked (the reply settings' flags)")
+    compare_mmi: bool = option(False, help="report each model with its ranking and with likelihood alone")
     limit: int | None = option(None, metavar="N", help="evaluate at most N test cases (and N selection contexts)")
-    seed: int = option(42, help="seed of the sampling and of the distractors (a rerun reproduces report.json)")
     batch_size: int = option(32, metavar="N", help="test cases generated (and candidate sets scored) together")
     last_turn_only: bool = option(False, help="only the last reply of each dialogue is a test case")
-    max_history_len: int = option(DEFAULT_MAX_HISTORY, metavar="N", help="utterances of context at most")
     format: str | None = option(None, help="input format of --data (default: detected per file)")
-    sampling: SamplingConfig = option(cli=False, default_factory=SamplingConfig, help="how replies are sampled")
-    ranking: str = option(DEFAULT_RANKING, cli=False, help="how the MMI-ranked replies are chosen (--ranking)")
-    int8: bool = option(False, cli=False, help="int8 weights (CPU)")
-    device: str = option("cpu", cli=False, help="cpu or cuda[:N]")
-    threads: int | None = option(None, cli=False, help="torch threads; none: torch's default (every core), "
-                                                       "right for a batch job")
     progress: bool | None = option(None, help="progress bars (default: when stderr is a terminal)")
     negatives: int = option(DEFAULT_NEGATIVES, metavar="N",
                             help="coherence: rank each true reply among N replies drawn from other dialogues "
@@ -60,6 +60,11 @@ class Case:
     reference: str
     source: str
     dialogue: int = -1  # index of its dialogue in what `read_dialogues` returned
+
+
+def seed_of(cfg: EvalConfig) -> int:
+    """The seed of the sampling and of the distractors."""
+    return DEFAULT_SEED if cfg.settings.seed is None else cfg.settings.seed
 
 
 def read_dialogues(cfg: EvalConfig, stats: ReadStats) -> tuple[list[list[str]], list[str]]:
@@ -82,7 +87,7 @@ def cases_from(dialogues: list[list[str]], sources: list[str], cfg: EvalConfig, 
             continue
         positions = [len(utts) - 1] if cfg.last_turn_only else range(1, len(utts))
         for i in positions:
-            cases.append(Case(utts[max(0, i - cfg.max_history_len):i], utts[i], f"{source}/{i}", k))
+            cases.append(Case(utts[max(0, i - cfg.settings.max_history_len):i], utts[i], f"{source}/{i}", k))
             if cfg.limit is not None and len(cases) >= cfg.limit:
                 return cases
     return cases

@@ -2,7 +2,7 @@
 
 For each test case, `negatives` distractor replies are drawn (with the seed) from the utterances of
 OTHER dialogues of the same data; the true reply is ranked among the negatives + 1 by every scoring
-of `chitchat.eval.ranking.SCORINGS`. Reported per scoring: Recall@1, Recall@2 and MRR, ties counted
+that applies (`chitchat.eval.ranking.scorings`). Reported per scoring: Recall@1, Recall@2 and MRR, ties counted
 against the true reply.
 """
 
@@ -13,7 +13,8 @@ import random
 from chitchat.engine.engine import Engine
 from chitchat.errors import ChitchatError
 from chitchat.eval.cases import Case
-from chitchat.eval.ranking import SCORINGS, mean, rank_of_true, scorings
+from chitchat.engine.ranking import Ranking
+from chitchat.eval.ranking import CHAT, mean, rank_of_true, scorings, values
 from chitchat.eval.scoring import score_sets
 
 TRIES_PER_DRAW = 20  # random draws per wanted distractor before listing what is left to draw from
@@ -53,15 +54,15 @@ def draw_negatives(dialogues: list[list[str]], cases: list[Case], n: int, seed: 
     return out
 
 
-def coherence(engine: Engine, cases: list[Case], negatives: list[list[str]], chunk: int = 32,
+def coherence(engine: Engine, cases: list[Case], negatives: list[list[str]], chat: Ranking, chunk: int = 32,
               advance=None) -> tuple[dict, list[dict]]:
-    """Rank each case's reference among its distractors by every scoring that applies. Returns the
-    summary ({scoring: {recall_at_1, recall_at_2, mrr}}) and each case's rank per scoring."""
+    """Rank each case's reference among its distractors by every scoring that applies and by the
+    chat's ranking `chat`. Returns the summary ({scoring: {recall_at_1, recall_at_2, mrr}}) and
+    each case's rank per scoring."""
+    names = scorings(engine)
     sets = [(c.context, [c.reference, *negs]) for c, negs in zip(cases, negatives)]
-    scored = score_sets(engine, sets, chunk, advance)
-    names = scorings(engine.mmi is not None)
-    ranks = [{name: rank_of_true([SCORINGS[name](s) for s in set_scores], 0) for name in names}
-             for set_scores in scored]
+    scored = score_sets(engine, sets, [n for n in names if n != CHAT] + chat.names, chunk, advance)
+    ranks = [{name: rank_of_true(values(name, cands, chat), 0) for name in names} for cands in scored]
     summary = {}
     for name in names:
         r = [case[name] for case in ranks]

@@ -1,13 +1,14 @@
-"""Batch evaluation of dialogue models: `chitchat eval` (the command line is `chitchat.eval.cli`).
+"""Batch evaluation of dialogue models: `chitchat eval` (the command line is `chitchat.commands.eval`).
 
 On dialogue data (`data`), every reply position of every dialogue (or, with `last_turn_only`, the
 last one) is a test case (`chitchat.eval.cases`). Per model it measures the teacher-forced
 perplexity of the references and, on generated replies, the metrics of `chitchat.eval.metrics`;
 generation is batched across cases (left padding, one cache) by the same engine the chat uses. With
-an MMI model and `compare_mmi`, the same sampled candidates are ranked both ways, so the two columns
-differ only by the ranking. Coherence (`negatives`, `chitchat.eval.coherence`) ranks each true reply
-among replies of other dialogues; response selection (`selection`, `chitchat.eval.selection`) ranks
-a Douban-layout file's own candidates; both by every scoring of `chitchat.eval.ranking.SCORINGS`.
+`compare_mmi`, the same candidates are ranked both ways (the settings' ranking and likelihood alone),
+so the two columns differ only by the ranking. Coherence (`negatives`, `chitchat.eval.coherence`)
+ranks each true reply among replies of other dialogues; response selection (`selection`,
+`chitchat.eval.selection`) ranks a Douban-layout file's own candidates; both by every scoring the
+engine can compute (`chitchat.eval.ranking.scorings`) and by the chat's ranking.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 from chitchat.corpus.readers import ReadStats, expand_inputs
 from chitchat.engine.engine import Engine
+from chitchat.engine.ranking import LIKELIHOOD, choose
 from chitchat.errors import ChitchatError
-from chitchat.eval.cases import DEFAULT_MAX_HISTORY, Case, EvalConfig, build_cases, cases_from, read_dialogues
+from chitchat.eval.cases import (DEFAULT_MAX_HISTORY, Case, EvalConfig, build_cases, cases_from, eval_settings,
+                                 read_dialogues, seed_of)
 from chitchat.eval.coherence import coherence, draw_negatives
+from chitchat.eval.ranking import label, scorings
 from chitchat.eval.metrics import char_f1, chars, perplexity, repeats_3gram, reply_metrics
 from chitchat.eval.report import write_outputs
 from chitchat.eval.scoring import reference_nll
@@ -49,7 +53,8 @@ def char_perplexity(model_dir: str | Path, data: list[str], limit: int | None = 
                     device: str = "cpu") -> tuple[float, int]:
     """(per-character perplexity, cases) of the references of the first `limit` test cases of `data`,
     teacher-forced with the context `chitchat eval` gives them: no sampling, seconds for a few hundred."""
-    cfg = EvalConfig(models=[str(model_dir)], data=data, output=Path("."), limit=limit, max_history_len=max_history_len)
+    cfg = EvalConfig(models=[str(model_dir)], data=data, output=Path("."), limit=limit,
+                     settings=replace(eval_settings(), max_history_len=max_history_len))
     cases = build_cases(cfg, ReadStats())
     if not cases:
         raise ChitchatError(f"no test case in {', '.join(data)}")
@@ -64,35 +69,33 @@ def _progress(total: int, desc: str, enabled: bool | None):
     return tqdm(total=total, desc=desc, unit=" cases", disable=disable, file=sys.stderr)
 
 
-def run_model(engine: Engine, cases: list[Case], cfg: EvalConfig, use_mmi: bool) -> dict:
-    """Replies of one model for every case, sampled in batches of `cfg.batch_size` cases (cases of
-    similar context length together, left-padded, one cache). The candidates are ranked by MMI when
-    `use_mmi`, and always also by the dialogue model's likelihood, so that with `--compare-mmi` both
-    columns rank the very same candidates. Returns the chosen candidate per ranking, the replies,
-    the sampling rounds of each case and the seconds spent."""
+def run_model(engine: Engine, cases: list[Case], cfg: EvalConfig) -> dict:
+    """Replies of one model for every case, made in batches of `cfg.batch_size` cases (cases of
+    similar context length together, left-padded, one cache) with `cfg.settings`. The candidates
+    are ranked by the settings' ranking and also by the dialogue model's likelihood alone, so that
+    with `--compare-mmi` both columns rank the very same candidates. Returns the chosen candidate
+    per ranking ("ranked", "likelihood"), the replies, and the seconds spent."""
     import torch
 
     gen = torch.Generator()
-    gen.manual_seed(cfg.seed)
+    gen.manual_seed(seed_of(cfg))
     order = sorted(range(len(cases)), key=lambda k: (len(cases[k].context), sum(map(len, cases[k].context)), k))
     replies = [None] * len(cases)
     bar = _progress(len(cases), Path(engine.model_path or "model").name, cfg.progress)
     started = time.perf_counter()
     for i in range(0, len(order), cfg.batch_size):
         batch = order[i:i + cfg.batch_size]
-        out = engine.replies([cases[k].context for k in batch], cfg.sampling, mmi=use_mmi, generator=gen,
-                             ranking=cfg.ranking)
+        out = engine.replies([cases[k].context for k in batch], cfg.settings, generator=gen)
         for k, reply in zip(batch, out):
             replies[k] = reply
         bar.update(len(batch))
     bar.close()
     seconds = time.perf_counter() - started
-    chosen = {True: [], False: []}
+    chosen = {"ranked": [], "likelihood": []}
     for reply in replies:
-        chosen[use_mmi].append(reply.candidates[reply.chosen])
-        if use_mmi:  # the same candidates, ranked by the dialogue model's likelihood
-            idx, _ = Engine.choose(reply.candidates, False)
-            chosen[False].append(reply.candidates[idx])
+        chosen["ranked"].append(reply.candidates[reply.chosen])
+        idx, _ = choose(reply.candidates, LIKELIHOOD)  # the same candidates, by likelihood alone
+        chosen["likelihood"].append(reply.candidates[idx])
     return {"chosen": chosen, "replies": replies, "seconds": seconds}
 
 
@@ -100,20 +103,20 @@ def _generation(name: str, engine: Engine, cases: list[Case], cfg: EvalConfig, s
                 per_case: list[dict]) -> float | None:
     """Perplexity and generated-reply metrics of one model into `systems` and `per_case`; returns
     cases generated per second."""
-    use_mmi = bool(cfg.mmi_model)
-    modes = [False, True] if cfg.compare_mmi else [use_mmi]
+    ranking = str(engine.ranking_for(cfg.settings.ranking))
+    modes = ["likelihood", "ranked"] if cfg.compare_mmi and ranking != "likelihood" else ["ranked"]
     refs = [c.reference for c in cases]
     n_chars = sum(len(chars(r)) for r in refs)
     nll, truncated = reference_nll(engine, cases, cfg.batch_size)
     total_nll, tokens = sum(n for n, _ in nll), sum(t for _, t in nll)
-    result = run_model(engine, cases, cfg, use_mmi)
+    result = run_model(engine, cases, cfg)
     resampled = sum(reply.attempts > 1 for reply in result["replies"])
     for m in modes:
-        system = f"{name} +mmi" if m else name
+        system = name if m == "likelihood" or ranking == "likelihood" else f"{name} +{ranking}"
         picked = result["chosen"][m]
         hyps = [c.text for c in picked]
         systems[system] = {
-            "model": engine.model_path, "ranking": cfg.ranking if m else "likelihood",
+            "model": engine.model_path, "ranking": ranking if m == "ranked" else "likelihood",
             "perplexity_token": perplexity(total_nll, tokens),
             "perplexity_char": perplexity(total_nll, n_chars),
             **reply_metrics(hyps, refs),
@@ -144,10 +147,11 @@ def _usable_cases(cases: list[Case], engines: list[Engine], skipped: Counter) ->
 def evaluate(cfg: EvalConfig) -> tuple[dict, dict]:
     """Run every part `cfg` asks for, write the report files; returns the report and the generation
     speed (cases per second) per model."""
-    cfg.sampling.validate()
+    cfg.settings = cfg.settings.validate()
+    cfg.engine = cfg.engine.validate()
     if not cfg.models:
         raise ChitchatError("give at least one --model")
-    if cfg.compare_mmi and not cfg.mmi_model:
+    if cfg.compare_mmi and (cfg.engine.no_mmi or not cfg.engine.mmi_model):
         raise ChitchatError("--compare-mmi needs --mmi-model")
     if not cfg.data and not cfg.selection:
         raise ChitchatError("give --data (dialogues), --selection (a response-selection file), or both")
@@ -164,13 +168,15 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, dict]:
         if not groups:
             raise ChitchatError(f"--selection {cfg.selection}: no context has both a true and a wrong candidate "
                                 f"(skipped {dict(sel_skipped)})")
-    engines = [Engine.load(m, cfg.mmi_model, int8=cfg.int8, device=cfg.device, threads=cfg.threads)
-               for m in cfg.models]
+    opts = cfg.engine
+    mmi_model = None if opts.no_mmi else opts.mmi_model
+    engines = [Engine.load(m, mmi_model, int8=opts.int8, device=opts.device, threads=opts.threads) for m in cfg.models]
+    chat = engines[0].ranking_for(cfg.settings.ranking)
     cases = _usable_cases(cases, engines, skipped)
     if cfg.data and not cases:
         raise ChitchatError(f"no usable test case in {', '.join(cfg.data)} "
                             f"(dialogues read {stats.read}, skipped {dict(stats.skipped) or 0}, cases skipped {dict(skipped) or 0})")
-    negatives = draw_negatives(dialogues, cases, cfg.negatives, cfg.seed) if cases and cfg.negatives else None
+    negatives = draw_negatives(dialogues, cases, cfg.negatives, seed_of(cfg)) if cases and cfg.negatives else None
     systems, timing, coherent, selected = {}, {}, {}, {}
     per_case = [{"systems": {}, "models": {}} for _ in cases]
     if negatives is not None:
@@ -181,30 +187,31 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, dict]:
             timing[name] = _generation(name, engine, cases, cfg, systems, per_case)
         if negatives is not None:
             bar = _progress(len(cases), f"{name} coherence", cfg.progress)
-            coherent[name], ranks = coherence(engine, cases, negatives, cfg.batch_size, bar.update)
+            coherent[name], ranks = coherence(engine, cases, negatives, chat, cfg.batch_size, bar.update)
             bar.close()
             for k, r in enumerate(ranks):
                 per_case[k]["coherence"]["ranks"][name] = r
         if groups:
             bar = _progress(len(groups), f"{name} selection", cfg.progress)
-            selected[name], _ = selection(engine, groups, cfg.max_history_len, cfg.batch_size, bar.update)
+            selected[name], _ = selection(engine, groups, cfg.settings.max_history_len, chat, cfg.batch_size,
+                                          bar.update)
             bar.close()
     report = {
         "cases": len(cases),
         "skipped": {"dialogues": dict(sorted(stats.skipped.items())), "cases": dict(sorted(skipped.items())),
                     "file_errors": stats.errors},
         "systems": systems,
-        "coherence": {"negatives": cfg.negatives, "seed": cfg.seed, "cases": len(cases),
+        "coherence": {"negatives": cfg.negatives, "seed": seed_of(cfg), "cases": len(cases),
                       "drawn_from": "other dialogues of the same data", "systems": coherent} if negatives else None,
         "selection": {"file": str(cfg.selection), "sha256": sha256_file(cfg.selection), "contexts": len(groups),
                       "contexts_10_candidates": sum(len(g.labels) == 10 for g in groups),
                       "skipped": dict(sorted(sel_skipped.items())), "systems": selected} if groups else None,
-        "settings": {"sampling": asdict(cfg.sampling), "seed": cfg.seed, "batch_size": cfg.batch_size,
+        "settings": {"reply": cfg.settings.to_dict(), "seed": seed_of(cfg), "batch_size": cfg.batch_size,
                      "limit": cfg.limit, "last_turn_only": cfg.last_turn_only, "negatives": cfg.negatives,
-                     "ranking": cfg.ranking,
-                     "max_history_len": cfg.max_history_len, "int8": cfg.int8, "device": cfg.device},
+                     "chat_ranking": str(chat), "int8": opts.int8, "device": opts.device},
+        "scorings": {name: label(name, chat) for name in scorings(engines[0])},
         "models": [{"path": e.model_path, "hash": model_hash(e.model_path)} for e in engines],
-        "mmi_model": {"path": engines[0].mmi_path, "hash": model_hash(engines[0].mmi_path)} if cfg.mmi_model else None,
+        "mmi_model": {"path": engines[0].mmi_path, "hash": model_hash(engines[0].mmi_path)} if mmi_model else None,
         "data": [{"path": str(p), "sha256": sha256_file(p)} for p in expand_inputs(cfg.data)] if cfg.data else [],
         "versions": _versions(),
     }

@@ -1,7 +1,8 @@
 """Ranking a set of candidate replies by a score, and the retrieval metrics of those rankings.
 
-Pure functions, no model: `chitchat.eval.scoring` computes the per-candidate numbers
-(`CandidateScores`), the coherence and selection modes rank with every entry of `SCORINGS`.
+The coherence and selection modes rank each candidate set by every scoring the engine can compute
+(the registry, chitchat.engine.scoring.SCORINGS) and by the chat's own ranking ("chat": the reply
+settings' ranking, as the chat would choose). `chitchat.eval.scoring` computes the scores.
 
 Ties are never counted in the true reply's favour: among candidates of equal score the wrong ones
 rank first, and a score that is not a finite number ranks last. Metric definitions follow the
@@ -16,46 +17,30 @@ response-selection papers (Douban: Wu et al., ACL 2017), for one ranked list of 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
-from chitchat.engine.ranking import SCORINGS as ENGINE_SCORINGS
-from chitchat.engine.ranking import effective_ranking
+from chitchat.engine.ranking import Ranking
+from chitchat.engine.scoring import SCORINGS, available
 
-
-@dataclass
-class CandidateScores:
-    """What the models say about one candidate reply (mean negative log-likelihoods per token, lower
-    is better). `nll`: the dialogue model's, reply and its [SEP] given the context; `nll_empty`: the
-    same reply given no context (`[CLS]` alone); `mmi`: the MMI model's NLL of the reversed history
-    given the reply, as `Engine.score_mmi_many` computes it (None without an MMI model)."""
-
-    nll: float
-    nll_empty: float
-    mmi: float | None = None
+CHAT = "chat"  # the chat's ranking, beside the registry's scorings
 
 
-def _chat(s: CandidateScores) -> float:
-    """What the chat ranks by by default (chitchat.engine.ranking.DEFAULT_RANKING; without an MMI
-    model, its other terms or likelihood); a candidate a needed model failed on comes last."""
-    return effective_ranking(None, True, s.mmi is not None).score(s)
+def scorings(engine) -> list[str]:
+    """The scorings eval ranks by on `engine`: every registered one it can compute, then the chat's."""
+    return [*available(engine), CHAT]
 
 
-# name -> (candidate scores -> float, lower is better): the engine's scorings (likelihood, mmi, pmi),
-# and the chat's own ranking. A new ranking (a weighted mix) is one entry.
-SCORINGS: dict[str, Callable[[CandidateScores], float]] = {**ENGINE_SCORINGS, "chat": _chat}
-NEEDS_MMI = {"mmi"}
-SCORING_LABELS = {
-    "likelihood": "likelihood per token (dialogue model)",
-    "mmi": "MMI (reversed history given the reply)",
-    "pmi": "PMI against the empty context",
-    "chat": "the chat's ranking",
-}
+def label(name: str, chat: Ranking | None = None) -> str:
+    """A scoring's row label in the report (no "|": it is a markdown table cell)."""
+    if name == CHAT:
+        return f"the chat's ranking ({chat})" if chat is not None else "the chat's ranking"
+    return (SCORINGS[name].help if name in SCORINGS else name).replace("|", "/")
 
 
-def scorings(has_mmi: bool) -> list[str]:
-    """The scorings that apply: the MMI one only with an MMI model."""
-    return [name for name in SCORINGS if has_mmi or name not in NEEDS_MMI]
+def values(name: str, candidates: list, chat: Ranking) -> list[float]:
+    """Each candidate's score under scoring `name` (lower is better; NaN when missing)."""
+    if name == CHAT:
+        return [chat.score(c) for c in candidates]
+    return [c.scores.get(name, math.nan) for c in candidates]
 
 
 def _key(x: float) -> float:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from chitchat.eval.cases import Case
-from chitchat.eval.ranking import SCORING_LABELS
 
 METRIC_LABELS = [
     ("perplexity_token", "perplexity / token", "{:.2f}"), ("perplexity_char", "perplexity / character", "{:.2f}"),
@@ -38,14 +37,15 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def ranking_table(per_model: dict, labels: list[tuple[str, str]]) -> str:
-    """One row per (model, scoring), one column per metric."""
+def ranking_table(per_model: dict, labels: list[tuple[str, str]], names: dict | None = None) -> str:
+    """One row per (model, scoring), one column per metric; `names`: each scoring's row label."""
+    names = names or {}
     several = len(per_model) > 1
     head = "| scoring | " + " | ".join(label for _, label in labels) + " |"
     lines = [("| model " if several else "") + head, ("| --- " if several else "") + "| --- |" + " ---: |" * len(labels)]
     for model, by_scoring in per_model.items():
         for name, values in by_scoring.items():
-            row = f"| {SCORING_LABELS.get(name, name)} | " + " | ".join(_fmt(values[k]) for k, _ in labels) + " |"
+            row = f"| {names.get(name, name)} | " + " | ".join(_fmt(values[k]) for k, _ in labels) + " |"
             lines.append((f"| {model} " if several else "") + row)
     return "\n".join(lines)
 
@@ -59,12 +59,12 @@ def tables(report: dict) -> str:
     if coh:
         parts += [f"Coherence: the true reply ranked among {coh['negatives'] + 1} ({coh['negatives']} replies drawn "
                   f"from other dialogues, seed {coh['seed']}), {coh['cases']} cases; ties count against it:", "",
-                  ranking_table(coh["systems"], COHERENCE_LABELS), ""]
+                  ranking_table(coh["systems"], COHERENCE_LABELS, report.get("scorings")), ""]
     sel = report.get("selection")
     if sel:
         parts += [f"Response selection on {sel['file']}: {sel['contexts']} contexts scored "
                   f"({sel['contexts_10_candidates']} with 10 candidates, for R10@k); skipped {sel['skipped'] or 'none'}:",
-                  "", ranking_table(sel["systems"], SELECTION_LABELS), ""]
+                  "", ranking_table(sel["systems"], SELECTION_LABELS, report.get("scorings")), ""]
     return "\n".join(parts)
 
 
@@ -89,7 +89,7 @@ def write_outputs(out: Path, report: dict, cases: list[Case], per_case: list[dic
     md += [
         f"Skipped dialogues: {skipped['dialogues'] or 'none'}; skipped cases: {skipped['cases'] or 'none'}; "
         f"file errors: {len(skipped['file_errors'])}.", "",
-        "Sampling: " + ", ".join(f"{k}={v}" for k, v in report["settings"]["sampling"].items()), "",
+        "Reply settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"]["reply"].items()), "",
         "Metric definitions: docs/evaluation.md.", "",
     ]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chitchat.corpus.layouts import LABELS
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 from chitchat.corpus.sources import Source, decoded_lines
 from chitchat.engine.engine import Engine
+from chitchat.engine.ranking import Ranking
 from chitchat.errors import ChitchatError
-from chitchat.eval.ranking import (SCORINGS, average_precision, mean, precision_at_1, ranked_labels, recall_at,
-                                   reciprocal_rank, scorings)
+from chitchat.eval.ranking import (CHAT, average_precision, mean, precision_at_1, ranked_labels, recall_at,
+                                   reciprocal_rank, scorings, values)
 from chitchat.eval.scoring import score_sets
 
 R10 = 10  # R10@k: the true responses among the top k of 10 candidates
@@ -94,12 +95,13 @@ def selection_metrics(rankings: list[list[int]]) -> dict:
     }
 
 
-def selection(engine: Engine, groups: list[SelectionGroup], max_history_len: int, chunk: int = 32,
+def selection(engine: Engine, groups: list[SelectionGroup], max_history_len: int, chat: Ranking, chunk: int = 32,
               advance=None) -> tuple[dict, list[dict]]:
-    """Every scoring's metrics over the groups, and each group's ranked labels per scoring."""
+    """Every scoring's metrics over the groups (the chat's ranking `chat` among them), and each
+    group's ranked labels per scoring."""
+    names = scorings(engine)
     sets = [(g.context[-max_history_len:], g.candidates) for g in groups]
-    scored = score_sets(engine, sets, chunk, advance)
-    names = scorings(engine.mmi is not None)
-    ranked = [{name: ranked_labels([SCORINGS[name](s) for s in set_scores], g.labels) for name in names}
-              for g, set_scores in zip(groups, scored)]
+    scored = score_sets(engine, sets, [n for n in names if n != CHAT] + chat.names, chunk, advance)
+    ranked = [{name: ranked_labels(values(name, cands, chat), g.labels) for name in names}
+              for g, cands in zip(groups, scored)]
     return {name: selection_metrics([r[name] for r in ranked]) for name in names}, ranked

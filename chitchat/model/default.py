@@ -2,16 +2,14 @@
 
 It lives in `models/default/` of the checkout ($CHITCHAT_DEFAULT_MODEL overrides; outside a checkout,
 in the user data directory) as `dialogue/` and `mmi/`, with `TRAINED_ON.json` and a model card. The
-repository ships it, built by the recipe (`chitchat default-model`). When the checkout's copy is
-missing, git restores the committed one; anywhere else a missing model is an error that says how to
-get one: nothing here downloads or trains.
+repository ships it, built by the recipe (`chitchat default-model`). A missing model is an error that
+says how to get one: nothing here downloads, trains or touches git (restoring the checkout's copy,
+`git checkout HEAD -- models/default`, would discard local edits there: the user runs it).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -34,21 +32,10 @@ def _ready(root: Path) -> bool:
     return all((root / name / "config.json").is_file() for name in ("dialogue", "mmi"))
 
 
-def _restore_committed(root: Path) -> bool:
-    """Restore the checkout's committed models/default (git keeps it: no download, no training)."""
-    if root.resolve() != CHECKOUT_MODEL.resolve() or not (REPO_ROOT / ".git").exists() or shutil.which("git") is None:
-        return False
-    done = subprocess.run(["git", "-C", str(REPO_ROOT), "checkout", "HEAD", "--", "models/default"],
-                          capture_output=True, text=True)
-    return done.returncode == 0 and _ready(root)
-
-
 def ensure_default_model(say: Callable[[str], None] = print, root: Path | None = None) -> tuple[str, str]:
-    """(dialogue model dir, MMI model dir) of the default model, restored from git when the checkout's
-    copy is missing; a ChitchatError saying how to get it when it cannot be."""
+    """(dialogue model dir, MMI model dir) of the default model; a one-line ChitchatError saying how to get
+    it when it is missing. `say` is not called any more (nothing is restored): kept for the callers."""
     root = Path(root) if root is not None else default_model_dir()
-    if not _ready(root) and _restore_committed(root):
-        say(f"No default model in {root}: restored the committed one (git checkout HEAD -- models/default).")
     if not _ready(root):
         raise ChitchatError(
             f"no default model in {root}: in a checkout run `git checkout HEAD -- models/default`; elsewhere "

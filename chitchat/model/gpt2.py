@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from chitchat.errors import ChitchatError
-from chitchat.model.sampling import SamplingConfig
 from chitchat.tokens.tokenizer import CLS, PAD, SEP, check_tokenizer, ensure_normalizer, load_tokenizer
 
 # "gelu_pytorch_tanh" is GPT-2's tanh-approximated GELU ("gelu_new") as one fused kernel.
@@ -100,21 +99,18 @@ def load_model(path: str | Path, device: str = "cpu", dtype=None):
     return model.to(device).eval(), tokenizer
 
 
-def save_model(model, tokenizer, path: str | Path) -> None:
+def save_model(model, tokenizer, path: str | Path, generation: dict | None = None) -> None:
     """Save in Hugging Face format (safetensors), with a generation config naming our special tokens
-    and the chat's default sampling (chitchat.model.sampling.SamplingConfig), so that `generate()` without
-    this package samples as `chitchat chat` does (without its MMI reranking), and a tokenizer that
-    normalises raw text as the project does (ids unchanged)."""
+    and `generation`'s sampling fields (the chat's: chitchat.engine.settings.generation_config), so
+    that `generate()` without this package samples as `chitchat chat` does (without its ranking),
+    and a tokenizer that normalises raw text as the project does (ids unchanged)."""
     from transformers import GenerationConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    cfg, d = model.config, SamplingConfig()
+    cfg = model.config
     model.generation_config = GenerationConfig(
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
-        do_sample=True, top_k=d.top_k, top_p=d.top_p or 1.0, temperature=d.temperature,
-        repetition_penalty=d.repetition_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
-        min_new_tokens=d.min_len, max_new_tokens=d.max_len,
-    )
+        **(generation or {}))
     model.save_pretrained(str(path), safe_serialization=True)
     ensure_normalizer(tokenizer).save_pretrained(str(path))

@@ -2,21 +2,21 @@
 
 Endpoints: `POST /generate`, `POST /v1/chat/completions` (OpenAI chat format; `routes_api`), sessions
 (`POST /sessions`, `POST /sessions/{id}/messages`, `GET`/`DELETE /sessions/{id}`; `routes_sessions`),
-`GET /healthz`, `GET /info`, `GET /v1/models`; the OpenAPI document at `/openapi.json`; the chat page
-at `/` (`web/index.html`, a static page over the sessions API). Inference runs in one model worker
-thread that batches the requests waiting at the same moment (`chitchat.serve.worker`). Streaming
-answers send the reply's text as it is written when one candidate is sampled, and the chosen reply
-once ranked otherwise. Loopback by default, answering only to loopback Host names;
-`CHITCHAT_API_KEY` turns on a bearer token; every limit is a 4xx JSON error; the security layer
-(Host check, cross-site refusal, headers) is `chitchat.serve.security`. The command line is
-`chitchat.serve.command`.
+`GET /healthz`, `GET /info`, `GET /v1/models`; the OpenAPI document at `/openapi.json` and Swagger UI
+at `/docs` (`apidocs`); the chat page at `/` (`web/index.html`, a static page over the sessions API).
+Inference runs in one model worker thread that batches the requests waiting at the same moment
+(`chitchat.serve.worker`). Streaming answers send the reply's text as it is written when one
+candidate is sampled, and the chosen reply once ranked otherwise. Loopback by default, answering
+only to loopback Host names; `CHITCHAT_API_KEY` turns on a bearer token; every limit is a 4xx JSON
+error; the security layer (Host check, cross-site refusal, headers) is `chitchat.serve.security`; who
+a client is, for its fair shares of sessions and connections, `chitchat.serve.clients`. The command
+line is `chitchat.commands.serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from importlib.resources import files
 from pathlib import Path
 
@@ -30,8 +30,10 @@ from chitchat import __version__
 from chitchat.engine.engine import Engine
 from chitchat.model.gpt2 import PRESETS
 from chitchat.serve import schemas as S
+from chitchat.serve.apidocs import DOCS_PATHS, add_docs
+from chitchat.serve.clients import ClientContext
 from chitchat.serve.config import ServeConfig
-from chitchat.serve.connections import quiet_file_exhaustion
+from chitchat.serve.connections import quiet_cancelled_requests, quiet_file_exhaustion
 from chitchat.serve.core import ServeState
 from chitchat.serve.http import ApiError, BearerAuth, BodyLimit, error_response
 from chitchat.serve.routes_api import add_api_routes
@@ -39,7 +41,8 @@ from chitchat.serve.routes_sessions import add_session_routes
 from chitchat.serve.security import CrossSiteCheck, HostCheck, SecurityHeaders, page_csp, redact_session_ids
 from chitchat.serve.worker import ModelWorker
 
-OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json"})  # no token needed (the page asks for it itself)
+# no token needed: the chat page and /docs ask for it themselves
+OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", *DOCS_PATHS})
 
 __all__ = ["OPEN_PATHS", "ServeConfig", "create_app", "model_name"]
 
@@ -54,12 +57,14 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None) -> FastAPI:
     cfg = (cfg or ServeConfig()).validate(engine)
     state = ServeState(engine, cfg)
     settings, sessions = cfg.settings, state.sessions
+    sessions.per_client = cfg.client_sessions  # the store is ServeState's; its fair share is set here
     M = S.request_models(cfg.max_text_chars, cfg.max_history, cfg.max_tokens, cfg.max_n)
     page = _page()
 
     @asynccontextmanager
     async def lifespan(app):
         quiet_file_exhaustion(asyncio.get_running_loop())
+        quiet_cancelled_requests()
         redact_session_ids()
         state.worker = app.state.worker = ModelWorker(engine, cfg.batch_window_ms, cfg.max_batch, cfg.max_queue)
         try:
@@ -74,18 +79,21 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None) -> FastAPI:
         (413, "request body too large"), (422, "invalid request: wrong type, or over a limit"),
         (503, "busy or shutting down"))}
     app = FastAPI(title="chitchat", version=__version__, lifespan=lifespan, responses=errors, redoc_url=None,
+                  docs_url=None,
                   description="Multi-turn Chinese chitchat: a GPT-2 dialogue model, candidates ranked by an MMI model.")
     app.state.worker = None
     app.state.sessions = sessions
     app.state.serve = state
-    # the last added runs first: headers on every answer, then Host, token, origin, body size
+    docs_csp = add_docs(app)
+    # the last added runs first: headers on every answer, then Host, token, origin, client, body size
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(ClientContext)
     app.add_middleware(CrossSiteCheck)
     if cfg.api_key:
         app.add_middleware(BearerAuth, token=cfg.api_key, open_paths=OPEN_PATHS)
         _declare_bearer(app)
     app.add_middleware(HostCheck, hosts=cfg.hosts())
-    app.add_middleware(SecurityHeaders, page_csp=page_csp(page))
+    app.add_middleware(SecurityHeaders, pages={"/": page_csp(page), **dict.fromkeys(DOCS_PATHS, docs_csp)})
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
@@ -121,11 +129,10 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None) -> FastAPI:
             "version": __version__, "model": model_name(engine.model_path), "mmi_model": model_name(engine.mmi_path),
             "preset": _preset(engine.fast), "vocab_size": len(engine.tokenizer), "n_positions": engine.n_positions,
             "int8": engine.int8, "device": str(engine.device), "threads": engine.threads,
-            "settings": {**asdict(settings.sampling), "mmi": settings.mmi and engine.mmi is not None,
-                         "ranking": settings.ranking,
-                         "max_history_len": settings.max_history_len},
+            "settings": {**settings.to_dict(), "ranking_used": str(engine.ranking_for(settings.ranking))},
             "limits": {k: getattr(cfg, k) for k in ("max_body_bytes", "max_text_chars", "max_history", "max_tokens",
-                                                     "max_n", "max_sessions", "session_idle_s", "max_queue")},
+                                                     "max_n", "max_sessions", "client_sessions", "session_idle_s",
+                                                     "max_queue")},
             "batching": {"window_ms": cfg.batch_window_ms, "max_batch": cfg.max_batch},
             "auth": bool(cfg.api_key),
             "sessions": len(sessions),

@@ -48,17 +48,24 @@ class BodyTooLarge(ApiError):
         super().__init__(413, f"request body over the limit of {limit} bytes")
 
 
+def bearer_token(authorization: bytes) -> bytes:
+    """The token of an `Authorization: Bearer <token>` header (the scheme name in any case, as HTTP
+    says: `bearer` and `BEARER` too); b"" for any other header."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
+
+
 class BearerAuth:
     """Requests must carry `Authorization: Bearer <token>`, except on the `open_paths`."""
 
     def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str]):
         self.app = app
-        self.expected = f"Bearer {token}".encode("latin-1")
+        self.expected = token.encode("latin-1")
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.open_paths:
-            given = dict(scope["headers"]).get(b"authorization", b"")
+            given = bearer_token(dict(scope["headers"]).get(b"authorization", b""))
             if not hmac.compare_digest(given, self.expected):
                 response = error_response(401, "missing or wrong bearer token (Authorization: Bearer <key>)",
                                           headers={"WWW-Authenticate": "Bearer"})

@@ -2,19 +2,16 @@
 (`POST /v1/chat/completions`, `GET /v1/models`), streamed or not."""
 
 import json
-import math
 import time
 import uuid
-from dataclasses import replace
 from types import SimpleNamespace
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from chitchat.engine.ranking import parse_ranking
-from chitchat.engine.replies import Reply
+from chitchat.engine.ranking import ranked
+from chitchat.engine.settings import ReplySettings
 from chitchat.errors import ChitchatError
-from chitchat.model.sampling import SamplingConfig
 from chitchat.serve import schemas as S
 from chitchat.serve.core import MODEL_ID, ServeState, user_text
 from chitchat.serve.http import ApiError, error_type
@@ -28,8 +25,9 @@ def add_api_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -> No
 
     @router.post("/generate", response_model=S.GenerateResponse, response_model_exclude_unset=True,
                  summary="one reply to a text and its history")
-    async def generate(req: M.GenerateRequest):
-        reply = await state.respond(req.history + [user_text(req.text, "text")], settings.sampling, req.seed)
+    async def generate(req: M.GenerateRequest, request: Request):
+        turn = state.turn(settings, {"seed": "seed"}, seed=req.seed)
+        reply = await state.respond(req.history + [user_text(req.text, "text")], turn, request)
         out: dict = {"generated_text": reply.text}
         if req.candidates:
             out.update(candidates=[c.to_dict() for c in reply.candidates], chosen=reply.chosen, ranking=reply.ranking)
@@ -42,7 +40,7 @@ def add_api_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -> No
     @router.post("/v1/chat/completions", response_model=S.ChatCompletion, summary="OpenAI-compatible chat completion",
                  responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                                   "description": "a chat.completion, or chat.completion.chunk events if stream"}})
-    async def chat_completions(req: M.ChatRequest):
+    async def chat_completions(req: M.ChatRequest, request: Request):
         history, last = [], None
         for i, m in enumerate(req.messages):
             parts = m.content if isinstance(m.content, list) else [m.content or ""]
@@ -55,15 +53,14 @@ def add_api_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -> No
         if last is None or last[0] != "user":
             raise ApiError(422, "the last user or assistant message must be the user's", "messages")
         history[-1] = user_text(history[-1], f"messages.{last[1]}.content")
-        sampling = chat_sampling(settings.sampling, req)
-        visible = engine.fit_history([engine.encode(u) for u in settings.visible(history)], sampling.max_len)
-        prompt_tokens = len(engine.context_ids(visible))
+        turn = state.turn(settings, OPENAI_PARAMS, **chat_changes(settings, req))
+        prompt_tokens = len(engine.context_ids(engine.prompt(history, turn)))
         usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
-        if req.stream and sampling.candidates == 1:  # the reply is known as it is written: send it so
-            job = state.submit(history, sampling, req.seed)
+        if req.stream and engine.streams(turn):  # the reply is known as it is written: send it so
+            job = state.submit(history, turn)
             return StreamingResponse(_live_sse(job, prompt_tokens, usage), media_type="text/event-stream")
-        reply = await state.respond(history, sampling, req.seed)
-        order = ranked(reply)[:req.n]
+        reply = await state.respond(history, turn, request)
+        order = ranked(reply.candidates, reply.chosen, reply.ranking)[:req.n]
         completion_tokens = sum(len(reply.candidates[i].ids) for i in order)
         body = {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -80,29 +77,19 @@ def add_api_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -> No
 
 
 
-def chat_sampling(base: SamplingConfig, req) -> SamplingConfig:
-    """The server's sampling settings with what an OpenAI request may change."""
-    changes: dict = {"candidates": max(req.n, base.candidates)}
+OPENAI_PARAMS = {"temperature": "temperature", "top_p": "top_p", "max_len": "max_tokens", "min_len": "max_tokens",
+                 "candidates": "n", "seed": "seed"}  # reply setting -> the OpenAI request field that sets it
+
+
+def chat_changes(base: ReplySettings, req) -> dict:
+    """The reply settings an OpenAI request changes: temperature (0: greedy, as OpenAI clients mean
+    it), top_p (0: the single most likely token, greedy too), max_tokens (max_len), n (at least that
+    many candidates), seed."""
     max_len = req.max_completion_tokens or req.max_tokens
-    if max_len:
-        changes.update(max_len=max_len, min_len=min(base.min_len, max_len))
-    if req.temperature == 0:  # greedy, as OpenAI clients mean it
-        changes["top_k"] = 1
-    elif req.temperature is not None:
-        changes["temperature"] = req.temperature
-    if req.top_p is not None:
-        changes["top_p"] = req.top_p
-    return replace(base, **changes).validate()
-
-
-def ranked(reply: Reply) -> list[int]:
-    """Candidate indices: the chosen one, then the others by the ranking used; empty ones last."""
-    def key(i: int):
-        c = reply.candidates[i]
-        score = parse_ranking(reply.ranking).score(c)
-        finite = score is not None and math.isfinite(score)
-        return (i != reply.chosen, c.empty, not finite, score if finite else 0.0)
-    return sorted(range(len(reply.candidates)), key=key)
+    greedy = req.top_p == 0
+    return {"temperature": 0.0 if greedy else req.temperature, "top_p": None if greedy else req.top_p, "max_len": max_len,
+            "min_len": min(base.min_len, max_len) if max_len else None,
+            "candidates": base.candidates + max(0, req.n - base.total_candidates()), "seed": req.seed}
 
 
 async def _live_sse(job, prompt_tokens: int, include_usage: bool):

@@ -1,20 +1,22 @@
 """The session routes of `chitchat serve`: `POST /sessions`, `POST /sessions/{id}/messages`
 (streamed or not), `GET` and `DELETE /sessions/{id}`.
 
-Creating a session is limited per client address (`--session-rate`, `--session-burst`: 429), and a
-full store refuses a new session (503 with `Retry-After`: when the least recently used one
-expires) instead of pushing out a session someone is using."""
+Creating a session is limited per client (an IPv4 address or an IPv6 /64, chitchat.serve.clients):
+its rate (`--session-rate`, `--session-burst`) and the sessions it holds (`--client-sessions`), each
+a 429. A full store takes the least recently used session of the client holding the most, only when
+that client holds more than its share, else refuses (503 with `Retry-After`): see
+chitchat.serve.sessions."""
 
 import json
 import math
-from dataclasses import replace
 from types import SimpleNamespace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from chitchat.engine.replies import Reply
-from chitchat.engine.settings import ChatSettings
+from chitchat.engine.ranking import DEFAULT_RANKING
+from chitchat.engine.settings import ReplySettings
 from chitchat.errors import ChitchatError
 from chitchat.serve import schemas as S
 from chitchat.serve.core import ServeState, user_text
@@ -38,7 +40,7 @@ def add_session_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -
         if wait:
             raise ApiError(429, "too many new sessions from this client: try again later",
                            headers={"Retry-After": str(math.ceil(wait))})
-        sid = sessions.create()
+        sid = sessions.create(client)
         if sid is None:
             raise ApiError(503, f"the server holds its most sessions ({sessions.max_sessions}): try again later",
                            headers={"Retry-After": str(math.ceil(sessions.retry_after()))})
@@ -54,21 +56,21 @@ def add_session_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -
         **missing, 200: {"content": {"text/event-stream": {"schema": SESSION_EVENT}},
                          "description": "the turn, or with stream: delta events, then a reply (or error) event"}},
         summary="the bot's turn in a session")
-    async def session_message(session_id: str, req: M.SessionMessage):
+    async def session_message(session_id: str, req: M.SessionMessage, request: Request):
         user = user_text(req.text, "text")
-        turn = turn_settings(settings, req.settings)
+        turn = state.turn(settings, **turn_changes(req.settings, req.seed))
         s = held(session_id)
         if req.stream:
-            return StreamingResponse(session_events(session_id, s, user, turn, req.seed),
+            return StreamingResponse(session_events(session_id, s, user, turn),
                                      media_type="text/event-stream")
         async with s.lock:  # one turn at a time: each sees the one before
             if held(session_id) is not s:
                 raise ApiError(404, "no such session", "session_id")
-            reply = await state.respond(s.history + [user], turn.sampling, req.seed, turn)
+            reply = await state.respond(s.history + [user], turn, request)
             kept = sessions.record(session_id, user, reply.text, turn.max_history_len) is s
         return session_turn(session_id, s, reply, kept)
 
-    async def session_events(session_id: str, s, user: str, turn: ChatSettings, seed: int | None):
+    async def session_events(session_id: str, s, user: str, turn: ReplySettings):
         """A streamed session turn: {"type": "delta", "text"} events as the reply is written (one
         candidate), then {"type": "reply", ...the turn} or {"type": "error", "error"}."""
         def event(kind: str, **body) -> str:
@@ -79,7 +81,7 @@ def add_session_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -
             try:
                 if held(session_id) is not s:
                     raise ApiError(404, "no such session (deleted or expired)", "session_id")
-                job = state.submit(s.history + [user], turn.sampling, seed, turn)
+                job = state.submit(s.history + [user], turn)
                 while (delta := await job.deltas.get()) is not None:
                     yield event("delta", text=delta)
                 reply = await job.future
@@ -110,19 +112,14 @@ def add_session_routes(router: FastAPI, state: ServeState, M: SimpleNamespace) -
 
 
 
-def turn_settings(base: ChatSettings, override) -> ChatSettings:
-    """The server's settings with what a session message's `settings` changes."""
-    if override is None:
-        return base
-    given = {k: v for k, v in override.model_dump().items() if v is not None}
-    sampling = replace(base.sampling, **{k: given[k] for k in ("temperature", "top_k", "top_p", "candidates")
-                                          if k in given})
-    turn = replace(base, sampling=sampling, mmi=given.get("mmi", base.mmi), ranking=given.get("ranking", base.ranking),
-                   max_history_len=given.get("max_history_len", base.max_history_len))
-    try:
-        return turn.validate()
-    except ChitchatError as e:
-        raise ApiError(422, str(e), "settings") from None
+def turn_changes(override, seed: int | None) -> dict:
+    """What a session message changes of the server's settings: its `settings` (null fields: none;
+    the deprecated `mmi` false is the ranking likelihood, true the default ranking) and its seed."""
+    given = {} if override is None else override.model_dump()
+    mmi = given.pop("mmi", None)
+    if mmi is not None and given.get("ranking") is None:
+        given["ranking"] = DEFAULT_RANKING if mmi else "likelihood"
+    return {**given, "seed": seed}
 
 
 def session_turn(session_id: str, s, reply: Reply, kept: bool) -> dict:

@@ -1,8 +1,11 @@
 """Request and response bodies of `chitchat serve` (pydantic), with the configured limits in them.
 
 Requests are validated strictly (a string where a number belongs is a 422, never a coercion) and
-fields the server does not know are ignored, as OpenAI clients send many. The limits live in the
-schema, so the OpenAPI document states them.
+fields the server does not know are ignored, as OpenAI clients send many. The server's limits live in
+the schema, so the OpenAPI document states them. The reply settings a request may change are made
+from `ReplySettings`' declarations (chitchat.engine.settings): their names, types, help and the ranges
+the document states; their ranges are checked by `ReplySettings.validate`, the check every surface
+uses, so a bad value gets the same message here as on the command line and in the chat.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 
-SEED_MIN, SEED_MAX = -(2**53), 2**53  # integers JSON carries exactly everywhere (torch takes more)
+from chitchat.engine.settings import describe
 
 
 def _integral(value):
@@ -24,10 +27,6 @@ def integer(low: int, high: int, **kw):
     """An integer in [low, high]; the bounds inside the type, so that the JSON schema states them when
     the field may also be null."""
     return Annotated[int, Field(ge=low, le=high, **kw), BeforeValidator(_integral)]
-
-
-def number(**bounds):
-    return Annotated[float, Field(allow_inf_nan=False, **bounds)]
 
 
 class Strict(BaseModel):
@@ -46,11 +45,10 @@ class ErrorResponse(BaseModel):
 
 class CandidateOut(BaseModel):
     text: str
-    nll: float | str = Field(description="dialogue model's mean negative log-likelihood per token (lower is better)")
-    mmi: float | str | None = Field(description="MMI model's mean NLL of the history given the reply; null without MMI")
+    source: str = Field(description="where the candidate came from: sampled, or another candidate source")
     finished: bool = Field(description="false when the reply was cut at max_len")
-    nll_empty: float | str | None = Field(None, description="dialogue model's mean NLL of the reply given no context "
-                                                            "(PMI rankings); null when not scored")
+    scores: dict[str, float | str] = Field(description="each scoring computed for it (the ranking's, at least): "
+                                                       "lower is better; a string for NaN or infinity")
 
 
 class GenerateResponse(BaseModel):
@@ -58,6 +56,26 @@ class GenerateResponse(BaseModel):
     candidates: list[CandidateOut] | None = None
     chosen: int | None = Field(None, description="index of the reply among the candidates")
     ranking: str | None = Field(None, description="the ranking used: mmi, pmi, a mix such as mmi+0.5*pmi, or likelihood")
+
+
+def setting_field(name: str, **overrides):
+    """(type, Field) of reply setting `name` as a request field, optional (null: the server's), its
+    range stated in the document (`ReplySettings.validate` enforces it)."""
+    d = next(x for x in describe() if x["name"] == name)
+    doc = {k: v for k, v in (("minimum", d["low"]), ("maximum", d["high"])) if v is not None}
+    kind = {int: Annotated[int, BeforeValidator(_integral)], float: Annotated[float, Field(allow_inf_nan=True)],
+            str: Annotated[str, StringConstraints(max_length=200)]}[d["type"]]
+    description = overrides.pop("description", d["help"])
+    return kind | None, Field(None, description=description, json_schema_extra=doc, **overrides)
+
+
+def settings_model(name: str = "TurnSettings"):
+    """Every reply setting, each optional: a session message's `settings`."""
+    fields = {d["name"]: setting_field(d["name"]) for d in describe() if d["name"] != "seed"}
+    fields["mmi"] = (bool | None, Field(None, description="deprecated: false is the ranking likelihood, "
+                                                          "true the server's ranking"))
+    return create_model(name, __base__=Strict, __doc__="This turn's settings; a missing or null one is the server's.",
+                        **fields)
 
 
 class SessionCreated(BaseModel):
@@ -119,8 +137,9 @@ def request_models(text_limit: int, history_limit: int, tokens_limit: int, n_lim
     def text_field(**kw):
         return Field(max_length=text_limit, **kw)
 
-    Seed = integer(SEED_MIN, SEED_MAX)
-    seed_doc = "the same seed and input give the same reply"
+    temperature_type, temperature_field = setting_field("temperature", description="0: greedy")
+    top_p_type, top_p_field = setting_field("top_p")
+    seed_type, seed_field = setting_field("seed", description="the same seed and input give the same reply")
 
     class GenerateRequest(Strict):
         text: str = text_field(min_length=1, description="the user's new utterance")
@@ -128,23 +147,13 @@ def request_models(text_limit: int, history_limit: int, tokens_limit: int, n_lim
             default_factory=list, max_length=history_limit,
             description="the dialogue so far, oldest first, alternating user and bot")
         candidates: bool = Field(False, description="also return every sampled candidate and its scores")
-        seed: Seed | None = Field(None, description=seed_doc)
+        seed: seed_type = seed_field
 
-    class TurnSettings(Strict):
-        """This turn's settings; a missing or null one is the server's."""
-        temperature: number(gt=0, le=100) | None = None
-        top_k: integer(0, 100_000) | None = Field(None, description="0: no limit")
-        top_p: number(ge=0, le=1) | None = Field(None, description="0: off")
-        candidates: integer(1, n_limit) | None = Field(None, description="replies sampled, then ranked")
-        mmi: bool | None = Field(None, description="rank by the MMI model (when the server has one)")
-        ranking: Annotated[str, StringConstraints(max_length=100)] | None = Field(
-            None, description="how candidates are ranked: mmi, pmi, likelihood or a mix such as mmi+0.5*pmi")
-        max_history_len: integer(1, history_limit + 1) | None = Field(
-            None, description="utterances the model sees, the new one included; the session keeps as many")
+    TurnSettings = settings_model()
 
     class SessionMessage(Strict):
         text: str = text_field(min_length=1)
-        seed: Seed | None = Field(None, description=seed_doc)
+        seed: seed_type = seed_field
         settings: TurnSettings | None = None
         stream: bool = Field(False, description="server-sent events: the reply's text as it is written "
                                                 "(one candidate; with several, once ranked), then the turn")
@@ -165,11 +174,11 @@ def request_models(text_limit: int, history_limit: int, tokens_limit: int, n_lim
         messages: list[Message] = Field(min_length=1, max_length=history_limit + 1)
         model: str | None = None
         n: integer(1, n_limit) = Field(1, description="replies returned, best first")
-        temperature: number(ge=0, le=2) | None = Field(None, description="0: greedy")
-        top_p: number(gt=0, le=1) | None = None
-        max_tokens: integer(1, tokens_limit) | None = None
+        temperature: temperature_type = temperature_field
+        top_p: top_p_type = top_p_field
+        max_tokens: integer(1, tokens_limit) | None = Field(None, description="the reply's max_len")
         max_completion_tokens: integer(1, tokens_limit) | None = Field(None, description="max_tokens' newer name")
-        seed: Seed | None = Field(None, description=seed_doc)
+        seed: seed_type = seed_field
         stream: bool = False
         stream_options: StreamOptions | None = None
 

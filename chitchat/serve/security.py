@@ -10,8 +10,8 @@
 - `SecurityHeaders`: a Content-Security-Policy on every response (the chat page's inline script
   and style allowed by their hashes, nothing from another origin, no framing),
   `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, and `Cache-Control:
-  no-store` on everything but the page (session histories are not kept by caches).
-- `RateLimit`: a token bucket per client address, for session creation.
+  no-store` on everything but the pages and their files (session histories are not kept by caches).
+- `RateLimit`: a token bucket per client (an IPv4 address or IPv6 /64), for session creation.
 - `redact_session_ids`: a logging filter that keeps session ids (bearer capabilities) out of the
   access log.
 """
@@ -28,14 +28,10 @@ from typing import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chitchat.serve.clients import client_key
 from chitchat.serve.http import error_response
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect")
-# FastAPI's /docs page loads Swagger UI from this CDN and runs an inline script: that page only
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-            "frame-ancestors 'none'; base-uri 'none'")
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"  # JSON and event streams
 
 
@@ -123,19 +119,22 @@ def page_csp(page: str) -> str:
 
 
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp, page_csp: str, page_path: str = "/"):
+    """`pages`: path -> Content-Security-Policy of the pages (the chat page, /docs) and their files,
+    which caches may keep if they ask again (no-cache); every other answer is API_CSP and no-store."""
+
+    def __init__(self, app: ASGIApp, pages: dict[str, str]):
         self.app = app
-        self.page_csp, self.page_path = page_csp, page_path
+        self.pages = pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        policy = self.page_csp if path == self.page_path else DOCS_CSP if path in DOCS_PATHS else API_CSP
-        extra = [(b"content-security-policy", policy.encode()), (b"x-content-type-options", b"nosniff"),
-                 (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
-                 (b"cache-control", b"no-cache" if path == self.page_path else b"no-store")]
+        page = path in self.pages
+        extra = [(b"content-security-policy", self.pages.get(path, API_CSP).encode()),
+                 (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                 (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-cache" if page else b"no-store")]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -162,7 +161,9 @@ class RateLimit:
         return min(self.burst, tokens + (now - when) * self.rate)
 
     def take(self, client: str) -> float:
-        """0 when the client may go ahead (a token taken), else the seconds until it may."""
+        """0 when the client (an address: its IPv6 /64 counts as one) may go ahead (a token taken), else
+        the seconds until it may."""
+        client = client_key(client)
         now = self.clock()
         tokens = self._tokens(client, now)
         if tokens < 1:

@@ -5,8 +5,10 @@ behind it, then waits at most `window_ms` for more until it has as many as were 
 once while it answered the previous batch (the clients it just answered send their next requests in
 the next few milliseconds, and they join the ones that queued meanwhile; a lone client never
 waits). It answers them, at most `max_batch`, with one `Engine.replies` call per group of identical
-sampling settings, so that the requests that arrive together share every decoding step.
-A request with a `seed` is answered on its own, so that its seed alone decides its reply. When a
+reply settings, so that the requests that arrive together share every decoding step.
+A request with a `seed` shares the call too: each request's rows draw from a generator of its own
+(its seed, or a random one), so its seed alone decides its reply (nucleus sampling without top-k
+excepted: there a seeded request is answered on its own, chitchat.engine.sampler.shared_width). When a
 batched call fails, each of its requests is answered alone, so that one request cannot fail others
 (except a streaming one that has already sent text: it gets the error).
 
@@ -32,14 +34,14 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from chitchat.engine.engine import Engine
 from chitchat.engine.replies import Reply, WrittenText
-
-from chitchat.model.sampling import SamplingConfig
+from chitchat.engine.sampler import Generators, seed_generator, shared_width
+from chitchat.engine.settings import ReplySettings
 
 
 LANE_ROWS = 32  # a group is split into lanes only when each gets at least this many rows
@@ -52,22 +54,23 @@ class WorkerUnavailable(Exception):
 @dataclass(eq=False)
 class Job:
     history: list[str]
-    sampling: SamplingConfig
-    seed: int | None
-    mmi: bool
+    settings: ReplySettings  # whole, seed included
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     deltas: asyncio.Queue | None = None  # streaming: text as it is written, then None
     cancelled: bool = False  # set from the event loop when the client has gone
     written: WrittenText | None = None  # the text put on `deltas` so far
-    ranking: str | None = None  # how candidates are ranked (chitchat.engine.ranking); None: the engine's default
 
     @property
     def sent(self) -> str:
         return self.written.text if self.written is not None else ""
 
     def group_key(self):
-        return ("alone", id(self)) if self.seed is not None else (astuple(self.sampling), self.mmi, self.ranking)
+        """Requests that can share an engine call: the same settings but the seed, each seed drawn from
+        its own generator; with nucleus sampling alone (see `shared_width`) a seeded one goes alone."""
+        if self.settings.seed is not None and not shared_width(self.settings):
+            return ("alone", id(self))
+        return replace(self.settings, seed=None)
 
     def post(self, callback, *args) -> None:
         try:
@@ -105,22 +108,19 @@ class ModelWorker:
         self.thread = threading.Thread(target=self._run, name="chitchat-model", daemon=True)
         self.thread.start()
 
-    async def reply(self, history: list[str], sampling: SamplingConfig, seed: int | None = None,
-                    mmi: bool = True, ranking: str | None = None) -> Reply:
-        job = self.submit(history, sampling, seed, mmi, ranking=ranking)
+    async def reply(self, history: list[str], settings: ReplySettings) -> Reply:
+        job = self.submit(history, settings)
         try:
             return await job.future
         except asyncio.CancelledError:  # the client went away: free its rows in the batch
             job.cancelled = True
             raise
 
-    def submit(self, history: list[str], sampling: SamplingConfig, seed: int | None = None, mmi: bool = True,
-               stream: bool = False, ranking: str | None = None) -> Job:
+    def submit(self, history: list[str], settings: ReplySettings, stream: bool = False) -> Job:
         """Queue a request (from the event loop); await `job.future` for its Reply. With `stream`
         and one candidate, `job.deltas` gets the text as it is written, then None."""
         loop = asyncio.get_running_loop()
-        job = Job(history, sampling, seed, mmi, loop, loop.create_future(),
-                  deltas=asyncio.Queue() if stream else None, ranking=ranking)
+        job = Job(history, settings, loop, loop.create_future(), deltas=asyncio.Queue() if stream else None)
         with self.lock:
             if self.closed:
                 raise WorkerUnavailable("the server is shutting down")
@@ -174,7 +174,7 @@ class ModelWorker:
         gone = [j for j in group if j.cancelled]  # their clients left while they were queued
         if gone:
             with self.lock:
-                self.cancelled += len(gone)
+                self._gone(len(gone))
             self._finish(gone, [None] * len(gone))
             group = [j for j in group if not j.cancelled]
             if not group:
@@ -209,9 +209,9 @@ class ModelWorker:
     def _shards(self, group: list[Job]) -> list[list[Job]]:
         """The group cut into as many lanes as have `lane_rows` rows each (at most `lanes`), in
         order; the whole group when that is one."""
-        rows = len(group) * group[0].sampling.candidates
+        rows = len(group) * group[0].settings.total_candidates()
         k = min(self.lanes, len(group), rows // self.lane_rows)
-        if k < 2 or group[0].seed is not None:
+        if k < 2:
             return [group]
         size, extra = divmod(len(group), k)
         cuts = [i * size + min(i, extra) for i in range(k + 1)]
@@ -236,6 +236,12 @@ class ModelWorker:
         except Exception as e:  # answered again, alone, by the worker thread
             return e
 
+    def _gone(self, n: int) -> None:
+        """`n` requests given up (their clients left), under the lock: counted, and not expected back
+        (the next batch waits for as many requests as recently came, and these will not come again)."""
+        self.cancelled += n
+        self.recent = max(1, self.recent - n)
+
     def _count_call(self) -> None:
         with self.lock:
             self.calls += 1
@@ -244,10 +250,9 @@ class ModelWorker:
         """One `Engine.replies_stream` over the group: text to the streaming requests with one
         candidate as each step writes it; cancelled requests given up at the next step."""
         first, engine = group[0], engine or self.engine
-        ranked_by = {} if first.ranking is None else {"ranking": first.ranking}
-        steps = engine.replies_stream([j.history for j in group], first.sampling, seed=first.seed, mmi=first.mmi,
-                                      **ranked_by)
-        live = first.sampling.candidates == 1
+        generators = Generators(seed_generator(j.settings.seed) for j in group)  # each request's own seed
+        steps = engine.replies_stream([j.history for j in group], first.settings, generator=generators)
+        live = engine.streams(first.settings)
         gone: set[int] = set()
         give_up = None
         try:
@@ -263,7 +268,7 @@ class ModelWorker:
                 if give_up:
                     gone |= give_up
                     with self.lock:
-                        self.cancelled += len(give_up)
+                        self._gone(len(give_up))
         except StopIteration as end:
             return end.value
 

@@ -1,1 +1,1 @@
-"""Text to token ids: the character vocabulary and tokenizer, dialogue windows, the memmapped dataset, `preprocess`."""
+"""Text to token ids: text normalisation, the character vocabulary and tokenizer, dialogue windows, the memmapped dataset, `preprocess`."""

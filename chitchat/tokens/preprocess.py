@@ -11,7 +11,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from chitchat.tokens.dataset import FORMAT_VERSION, DatasetWriter, commit_dataset_dir, new_dataset_dir, token_dtype, write_split
 from chitchat.errors import ChitchatError
-from chitchat.corpus.normalize import normalize
-from chitchat.corpus.readers import FORMATS, Dialogue, ReadStats, RowColumns, expand_inputs, expand_pairs, read_corpus
-from chitchat.options import add_options, option, options_from_args
+from chitchat.tokens.normalize import normalize
+from chitchat.corpus.readers import FORMATS, Dialogue, ReadStats, RowColumns, expand_inputs, expand_pairs, read_files
+from chitchat.options import option
 from chitchat.tokens.sequences import build_windows
 from chitchat.tokens.tokenizer import (CLS, DEFAULT_VOCAB, SEP, UNK, ensure_normalizer, load_tokenizer, plain_encoder,
                                 tokenizer_tokens, vocab_hash)
@@ -189,7 +189,7 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         writer = DatasetWriter(tmp, dtype)
         kept = 0
         bar = _progress(cfg.progress)
-        dialogues = read_corpus([str(p) for p in paths], summary.read, cfg.format, cfg.columns, cfg.pairs)
+        dialogues = read_files(paths, summary.read, cfg.format, cfg.columns, pairs)
         for batch in batched(dialogues, BATCH_DIALOGUES):
             cleaned = [c for c in (clean_dialogue(d, cfg.max_len, summary) for d in batch) if c is not None]
             bar.update(len(batch))
@@ -253,35 +253,3 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-_SPLIT = ("valid_fraction", "valid_count")
-
-
-def add_arguments(p) -> None:
-    add_options(p, PreprocessConfig, skip=_SPLIT)
-    add_options(p.add_mutually_exclusive_group(), PreprocessConfig,
-                skip=tuple(f.name for f in fields(PreprocessConfig) if f.name not in _SPLIT))
-    p.add_argument("--pair", nargs=2, action="append", metavar=("POSTS", "REPLIES"),
-                   help="two line-aligned files read as one corpus (line i of each is one exchange); "
-                        "X.post/X.response, X.src/X.tgt, X.source/X.target among the inputs are paired by name")
-    p.add_argument("--id-column", metavar="NAME", help="dialogue-id column of one-utterance-per-row files "
-                                       "(none: Dialogue_ID, dialog_id, conv_id, conversation_id or session_id)")
-    p.add_argument("--text-column", metavar="NAME", help="text column of one-utterance-per-row files "
-                                         "(none: Utterance, text, content or message)")
-    p.add_argument("--speaker-column", metavar="NAME", help="speaker column of one-utterance-per-row files "
-                                            "(none: Speaker, speaker_id, role or sender, if present)")
-    p.add_argument("--mmi", action="store_true",
-                   help="accepted for compatibility: the reversed (MMI) sequences are always written")
-
-
-def run(args) -> int:
-    cfg = options_from_args(
-        PreprocessConfig, args, valid_fraction=None if args.valid_count is not None else args.valid_fraction,
-        pairs=[tuple(p) for p in args.pair or ()], columns=RowColumns(args.id_column, args.text_column, args.speaker_column))
-    if not cfg.inputs and not cfg.pairs:
-        raise ChitchatError("no input: give corpus files or folders, or --pair POSTS REPLIES")
-    summary = preprocess(cfg)
-    print(summary.text())
-    print(f"wrote {cfg.output}")
-    return 0

@@ -4,7 +4,7 @@ A vocabulary is a text file, one token per line: the special tokens first, then 
 then characters. The tokenizer is a `tokenizers` WordLevel model over single characters, wrapped
 in a `transformers` fast tokenizer and saved next to every model and dataset, so that
 `AutoTokenizer.from_pretrained(dir)` works without this package. Its normaliser is
-`chitchat.corpus.normalize.normalize` written as `tokenizers` normalisers (`project_normalizer`), so raw
+`chitchat.tokens.normalize.normalize` written as `tokenizers` normalisers (`project_normalizer`), so raw
 text gets the ids the model was trained on; `upgrade_tokenizer` gives an older saved tokenizer
 (which only mapped " " to "▁") that normaliser, without changing any id.
 """
@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from chitchat.errors import ChitchatError
-from chitchat.files import REPO_ROOT, atomic_path
-from chitchat.corpus.normalize import FULL_TO_HALF, LATIN_ALNUM, control_ranges, normalize, whitespace_chars
+from chitchat.files import atomic_path
+from chitchat.tokens.normalize import FULL_TO_HALF, LATIN_ALNUM, control_ranges, normalize, whitespace_chars
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP)
 SPACE = "▁"
 MAX_VOCAB = 10_000
 DEFAULT_SIZE = 8_000  # covers 99.97% of the characters of LCCC toy + KdConv dev without them
-DEFAULT_VOCAB = REPO_ROOT / "vocab" / "vocab.txt"
+# The default vocabulary, shipped in the package (package data) so that an installed chitchat
+# preprocesses with it: a copy of the checkout's vocab/vocab.txt, which tests/tokens/test_tokenizer.py
+# keeps identical.
+DEFAULT_VOCAB = Path(__file__).with_name("default_vocab.txt")
 
 # Printable ASCII and common punctuation are always in the vocabulary, whatever their frequency.
 _ALWAYS = [chr(c) for c in range(0x21, 0x7F)] + list("。、“”‘’《》【】「」『』〈〉…—·￥")
@@ -106,7 +108,7 @@ def _char_class(chars: Iterable[str] = (), ranges: Iterable[tuple[int, int]] = (
 
 
 def project_normalizer():
-    """`chitchat.corpus.normalize.normalize`, then " " -> "▁", as a `tokenizers` normaliser sequence:
+    """`chitchat.tokens.normalize.normalize`, then " " -> "▁", as a `tokenizers` normaliser sequence:
     full-width forms to half-width (one Replace per character: NFKC would also rewrite "…" and
     other characters the vocabulary holds), control characters removed, then each run of
     whitespace becomes "▁" where a space survives (between two latin letters/digits, unless both

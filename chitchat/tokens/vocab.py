@@ -7,10 +7,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from chitchat.corpus.normalize import normalize
 from chitchat.corpus.readers import ReadStats, read_corpus
-from chitchat.options import add_options, option, options_from_args
-from chitchat.tokens.tokenizer import DEFAULT_SIZE, DEFAULT_VOCAB, MAX_VOCAB, build_vocab, write_vocab
+from chitchat.options import option
+from chitchat.tokens.normalize import normalize
+from chitchat.tokens.tokenizer import DEFAULT_SIZE, MAX_VOCAB, build_vocab, write_vocab
 
 
 def corpus_char_counts(inputs: list[str], fmt: str | None = None) -> tuple[Counter, ReadStats]:
@@ -26,7 +26,7 @@ def corpus_char_counts(inputs: list[str], fmt: str | None = None) -> tuple[Count
 class VocabConfig:
     corpora: list[str] = option(flag="CORPUS", nargs="*",
                                 help="corpora whose characters must be in the vocabulary")
-    output: Path = option(DEFAULT_VOCAB, aliases=("-o",), metavar="PATH", help="vocab.txt to write")
+    output: Path = option(aliases=("-o",), metavar="PATH", help="vocab.txt to write")
     size: int = option(DEFAULT_SIZE, metavar="N", help=f"number of entries (at most {MAX_VOCAB})")
     min_count: int = option(1, metavar="N", help="corpus characters seen fewer times are left to the general list")
     format: str | None = option(None, help="input format of the corpora (none: detected)")
@@ -42,12 +42,3 @@ def build_vocab_file(cfg: VocabConfig) -> str:
     total = sum(counts.values())
     extra = f"; covers {100 * covered / total:.3f}% of {total} corpus characters" if total else ""
     return f"wrote {cfg.output}: {len(tokens)} entries{extra}"
-
-
-def add_arguments(p) -> None:
-    add_options(p, VocabConfig)
-
-
-def run(args) -> int:
-    print(build_vocab_file(options_from_args(VocabConfig, args)))
-    return 0

@@ -1,7 +1,7 @@
 """Fit a GPT-2 dialogue model on a preprocessed dataset (with --mmi: the reverse MMI model).
 
 Python API: `from chitchat.training.trainer import TrainConfig, train` (TrainConfig lives in
-chitchat.training.config, the command line in chitchat.training.cli); `train(cfg)` returns the directory of
+chitchat.training.config, the command line in chitchat.commands.train); `train(cfg)` returns the directory of
 the best model. A run directory (`--output`) holds:
 
     best/              the model with the lowest valid loss: a Hugging Face model directory (plus
@@ -43,6 +43,7 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from chitchat.files import atomic_write
+from chitchat.engine.settings import generation_config
 from chitchat.model.gpt2 import save_model
 from chitchat.training.batching import collate, epoch_rng, group_steps, plan_batches
 from chitchat.training.checkpoint import (
@@ -186,7 +187,7 @@ class Trainer:
         save_rng_state(partial, dist.rank, rng)
         dist.barrier()
         if dist.is_main:
-            save_model(self.model, self.tokenizer, partial)
+            save_model(self.model, self.tokenizer, partial, generation_config())
             self._write_info(partial)
             # the schedule is a function of (step, elapsed time): these numbers restore it
             self.state["scheduler"] = {"schedule": self.cfg.schedule, "lr": self.cfg.lr, "total_steps": self.total_steps,
@@ -200,7 +201,7 @@ class Trainer:
     def save_best(self) -> None:
         if self.dist.is_main:
             partial = new_partial_dir(self.best_dir)
-            save_model(self.model, self.tokenizer, partial)
+            save_model(self.model, self.tokenizer, partial, generation_config())
             self._write_info(partial)
             commit_dir(partial, self.best_dir)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from chitchat.chat.repl import Repl, run, run_terminal
+from chitchat.chat.repl import Repl, run_terminal
+from chitchat.commands.chat import run
 from chitchat.cli import build_parser
-from chitchat.model.sampling import SamplingConfig
 from chitchat.chat.session import Session
-from chitchat.engine.settings import ChatSettings
+from chitchat.engine.settings import ReplySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,8 @@ def test_one_reply_line_per_input_line(model_dirs, tmp_path):
     assert set(first) >= {"time", "user", "bot", "candidates", "chosen", "ranking", "settings", "model", "mmi_model"}
     assert first["model"] == str(model_dirs[0]) and first["mmi_model"] == str(model_dirs[1])
     assert first["ranking"] == "mmi" and len(first["candidates"]) == 5
-    assert all(isinstance(c["mmi"], float) and isinstance(c["nll"], float) for c in first["candidates"])
+    assert all(isinstance(c["scores"]["mmi"], float) and isinstance(c["scores"]["likelihood"], float)
+               and c["source"] == "sampled" for c in first["candidates"])
     assert first["settings"]["max_len"] == 8 and first["settings"]["seed"] == 3
 
 
@@ -88,8 +89,8 @@ def test_slash_commands_in_non_terminal_mode(model_dirs, tmp_path):
     assert "/candidates" in out and "/set NAME VALUE" in out  # /help
     assert "you: 你好\nbot: " in out  # /history
     assert out.count("ranked by mmi") == 1 and out.count("ranked by likelihood") == 1
-    assert "top_k 3" in out and "temperature 0.7" in out and "candidates 2" in out and "mmi off" in out
-    assert "max_history 1" in out
+    assert "top_k 3" in out and "temperature 0.7" in out and "candidates 2" in out and "ranking likelihood" in out
+    assert "max_history_len 1" in out
     assert "error: unknown setting 'bogus'" in out and "error: top_k takes an integer" in out
     assert "error: unknown command /nonsense" in out
     assert "(the dialogue is forgotten)" in out and "(no history)" in out
@@ -143,27 +144,27 @@ def drive(session: Session, keys: str, tmp_path: Path) -> Capture:
 
 
 def test_terminal_mode_reply_commands_ctrl_c_and_ctrl_d(engine, tmp_path):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=6), seed=4))
+    session = Session(engine, ReplySettings(max_len=6, seed=4))
     keys = "你好\r" + "/candidates\r" + "不要发送\x03" + "/set topk 2\r" + "\r" + "/save\r" + "\x04"
     capture = drive(session, keys, tmp_path)
     assert len(capture.of("bot")) == 1 and capture.of("bot")[0] == session.turns[0].bot
     info = "\n".join(capture.of("info"))
     assert "ranked by mmi" in info and "top_k 2" in info and "transcript written to" in info
     assert [t.user for t in session.turns] == ["你好"]  # the Ctrl-C'd line was never sent
-    assert session.settings.sampling.top_k == 2
+    assert session.settings.top_k == 2
     assert len(read_jsonl(tmp_path / "t.jsonl")) == 1
     history = (tmp_path / "input_history").read_text(encoding="utf-8")
     assert "你好" in history and "/candidates" in history  # persistent input history
 
 
 def test_terminal_mode_quit_command(engine, tmp_path):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=6), seed=4))
+    session = Session(engine, ReplySettings(max_len=6, seed=4))
     capture = drive(session, "/quit\r" + "你好\r", tmp_path)
     assert capture.items == [] and session.turns == []
 
 
 def test_ctrl_c_during_a_reply_cancels_it(engine, tmp_path, monkeypatch):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=6), seed=4))
+    session = Session(engine, ReplySettings(max_len=6, seed=4))
     real = session.respond
     calls = {"n": 0}
 
@@ -182,18 +183,19 @@ def test_ctrl_c_during_a_reply_cancels_it(engine, tmp_path, monkeypatch):
 # -- session --------------------------------------------------------------------------------------
 
 def test_session_bounds_history_and_keeps_turns(engine, monkeypatch):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=6, candidates=3), max_history_len=3, seed=0))
+    session = Session(engine, ReplySettings(max_len=6, candidates=3, max_history_len=3, seed=0))
     seen = []
-    real = engine.reply
+    real = engine.prompt
 
-    def spy(history, *a, **k):
-        seen.append(list(history))
-        return real(history, *a, **k)
+    def spy(history, settings):  # what the model is given of the history
+        kept = real(history, settings)
+        seen.append([engine.decode(u) for u in kept])
+        return kept
 
-    monkeypatch.setattr(engine, "reply", spy)
+    monkeypatch.setattr(engine, "prompt", spy)
     for text in ["一", "二", "三", "四"]:
         turn = session.respond(text)
-        assert turn.bot and len(turn.candidates) == 3 and all(c.mmi is not None for c in turn.candidates)
+        assert turn.bot and len(turn.candidates) == 3 and all("mmi" in c.scores for c in turn.candidates)
         assert turn.candidates[turn.chosen].text == turn.bot
     assert all(len(h) <= 3 for h in seen) and seen[-1][-1] == "四"
     assert seen[-1] == session.history[-4:-1]
@@ -202,7 +204,7 @@ def test_session_bounds_history_and_keeps_turns(engine, monkeypatch):
 
 
 def test_session_context_fits_the_positions(engine):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=20), max_history_len=50, seed=0))
+    session = Session(engine, ReplySettings(max_len=20, max_history_len=50, seed=0))
     session.history = ["很长的一句话" * 40] * 10
     context = session.context()
     ids = engine.context_ids([engine.encode(u) for u in context])
@@ -213,17 +215,17 @@ def test_set_rejects_bad_values(engine):
     from chitchat.errors import ChitchatError
 
     session = Session(engine)
-    for name, value in (("temperature", "0"), ("topp", "3"), ("mmi", "maybe"), ("max_history", "0"),
+    for name, value in (("temperature", "-1"), ("topp", "3"), ("mmi", "maybe"), ("max_history", "0"),
                         ("max_len", "1000"), ("candidates", "x")):
         with pytest.raises(ChitchatError):
             session.set(name, value)
-    assert session.settings.sampling == SamplingConfig()
+    assert session.settings == ReplySettings().validate()
     assert session.set("max_len", "5") == "max_len 5"
-    assert session.settings.sampling.min_len <= 5
+    assert session.settings.min_len <= 5
 
 
 def test_terminal_mode_long_line_emoji_empty_line_and_every_command(engine, tmp_path):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=6), seed=5))
+    session = Session(engine, ReplySettings(max_len=6, seed=5))
     saved = tmp_path / "saved.jsonl"
     keys = ("/help\r" + "\r" + "长" * 10_000 + "\r" + "😀 hello, ça va?\r" + "/history\r" + "/candidates\r"
             + "/set mmi off\r" + "/set\r" + f"/save {saved}\r" + "/reset\r" + "/history\r" + "/quit\r")
@@ -232,7 +234,7 @@ def test_terminal_mode_long_line_emoji_empty_line_and_every_command(engine, tmp_
     assert [t.user for t in session.turns] == ["长" * 10_000, "😀 hello, ça va?"]
     info = "\n".join(capture.of("info"))
     assert "/save [PATH]" in info and "you: 😀hello,ça va?" in info and "ranked by mmi" in info
-    assert "mmi off" in info and "max_history_len 3" in info and "(no history)" in info
+    assert "ranking likelihood" in info and "max_history_len 3" in info and "(no history)" in info
     assert [r["user"] for r in read_jsonl(saved)] == ["长" * 10_000, "😀 hello, ça va?"]
 
 
@@ -246,7 +248,7 @@ def test_int8_chat(model_dirs, tmp_path):
 
 @pytest.mark.parametrize("candidates", [1, 4])
 def test_a_reply_with_progress_is_the_reply_without(engine, candidates):
-    settings = ChatSettings(SamplingConfig(max_len=10, candidates=candidates), seed=8)
+    settings = ReplySettings(max_len=10, candidates=candidates, seed=8)
     plain, shown = Session(engine, settings), Session(engine, settings)
     calls: list = []
     for text in ("你好", "今天好累"):
@@ -260,7 +262,7 @@ def test_a_reply_with_progress_is_the_reply_without(engine, candidates):
 
 
 def test_terminal_streams_one_candidate_and_spins_for_several(engine, tmp_path):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=8, candidates=1), seed=2))
+    session = Session(engine, ReplySettings(max_len=8, candidates=1, seed=2))
     capture = Capture()
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput

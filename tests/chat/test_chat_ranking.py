@@ -7,24 +7,23 @@ import json
 
 import pytest
 
-from chitchat.chat.repl import run
+from chitchat.commands.chat import run
 from chitchat.chat.session import Session
 from chitchat.cli import build_parser
 from chitchat.engine.engine import Engine
 from chitchat.engine.ranking import DEFAULT_RANKING
-from chitchat.engine.settings import ChatSettings
+from chitchat.engine.settings import ReplySettings
 from chitchat.errors import ChitchatError
-from chitchat.model.sampling import SamplingConfig
 
 
 def test_set_ranking_changes_how_the_next_reply_is_chosen(engine):
-    session = Session(engine, ChatSettings(SamplingConfig(max_len=6, candidates=3), seed=3))
+    session = Session(engine, ReplySettings(max_len=6, candidates=3, seed=3))
     assert session.settings.ranking == DEFAULT_RANKING
     assert session.set("ranking", "MMI + 0.5*pmi") == "ranking mmi+0.5*pmi"
     turn = session.respond("你好")
     assert turn.ranking == "mmi+0.5*pmi" and turn.settings["ranking"] == "mmi+0.5*pmi"
-    assert all(c.mmi is not None and c.nll_empty is not None for c in turn.candidates)
-    assert session.records[-1]["candidates"][0]["nll_empty"] is not None
+    assert all({"mmi", "pmi"} <= set(c.scores) for c in turn.candidates)
+    assert session.records[-1]["candidates"][0]["scores"]["pmi"] is not None
     assert session.set("rank", "pmi") == "ranking pmi"
     assert session.respond("今天好累啊").ranking == "pmi"
 
@@ -35,10 +34,11 @@ def test_set_ranking_rejects_bad_values_and_says_when_mmi_is_unavailable(engine,
         with pytest.raises(ChitchatError):
             session.set("ranking", bad)
     assert session.settings.ranking == DEFAULT_RANKING
-    session.set("mmi", "off")
-    assert session.set("ranking", "mmi+pmi") == "ranking mmi+pmi, but mmi is off: candidates are ranked by likelihood"
+    assert session.set("mmi", "off") == "ranking likelihood"  # MMI off is a ranking
+    assert session.set("mmi", "on") == f"ranking {DEFAULT_RANKING}"
     no_mmi = Session(Engine.load(model_dirs[0]))
-    assert no_mmi.set("ranking", "mmi+pmi") == "ranking mmi+pmi, but there is no MMI model: candidates are ranked by pmi"
+    assert no_mmi.set("ranking", "mmi+pmi") == \
+        "ranking mmi+pmi, but this model cannot compute all of it: candidates are ranked by pmi"
 
 
 def test_ranking_flag_reaches_the_transcript(model_dirs, tmp_path):

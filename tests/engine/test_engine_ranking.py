@@ -10,17 +10,26 @@ import torch
 import torch.nn.functional as F
 
 from chitchat.engine.engine import Engine
-from chitchat.engine.ranking import (DEFAULT_RANKING, LIKELIHOOD, Ranking, choose, effective_ranking,
-                                     parse_ranking)
+from chitchat.engine.ranking import DEFAULT_RANKING, LIKELIHOOD, Ranking, choose, parse_ranking
 from chitchat.engine.replies import Candidate
+from chitchat.engine.scoring import Group
+from chitchat.engine.settings import ReplySettings
 from chitchat.errors import ChitchatError
-from chitchat.model.sampling import SamplingConfig
 
 HISTORY = ["你好", "你好啊,今天过得怎么样", "还不错,刚下班"]
 
 
 def cand(text="好的", nll=2.0, mmi=None, nll_empty=None, finished=True) -> Candidate:
-    return Candidate(text, [1] * len(text), nll, mmi=mmi, finished=finished, nll_empty=nll_empty)
+    scores = {"likelihood": nll}
+    if mmi is not None:
+        scores["mmi"] = mmi
+    if nll_empty is not None:
+        scores["pmi"] = nll - nll_empty
+    return Candidate(text, [1] * len(text), finished=finished, scores=scores)
+
+
+def S(**kw) -> ReplySettings:
+    return ReplySettings(**kw)
 
 
 # -- the setting ---------------------------------------------------------------------------------
@@ -38,7 +47,7 @@ def test_parse_ranking_reads_names_weights_and_mixes():
 
 @pytest.mark.parametrize("bad, message", [
     ("", "empty"), ("mmi+", "cannot read"), ("bleu", "unknown scoring 'bleu'"), ("mmi+mmi", "appears twice"),
-    ("0*pmi", "must be > 0"), ("-1*pmi", "cannot read"), ("mmi*pmi", "cannot read"), ("mmi,pmi", "cannot read"),
+    ("0*pmi", "must be a number > 0"), ("-1*pmi", "cannot read"), ("mmi*pmi", "cannot read"), ("mmi,pmi", "cannot read"),
 ])
 def test_bad_rankings_are_one_line_errors(bad, message):
     with pytest.raises(ChitchatError, match=message) as e:
@@ -46,11 +55,21 @@ def test_bad_rankings_are_one_line_errors(bad, message):
     assert "\n" not in str(e.value)
 
 
-def test_no_mmi_model_drops_the_mmi_term_and_mmi_off_is_likelihood():
-    assert effective_ranking("mmi+0.5*pmi", True, has_mmi=False) == Ranking(((0.5, "pmi"),))
-    assert effective_ranking("mmi", True, has_mmi=False) == LIKELIHOOD
-    assert effective_ranking("pmi", use_mmi=False) == LIKELIHOOD
-    assert effective_ranking(None) == parse_ranking(DEFAULT_RANKING)
+def test_weights_are_written_back_in_a_form_the_parser_reads():
+    for text in ("mmi+0.00001*pmi", "1000000*mmi", "1e-5*pmi+mmi", "1e+6*mmi", "1E6*mmi", "0.1*mmi+0.2*pmi"):
+        r = parse_ranking(text)
+        assert parse_ranking(str(r)) == r and "e" not in str(r).replace("likelihood", "").replace("mmi", "").replace("pmi", "")
+    assert str(parse_ranking("mmi+0.00001*pmi")) == "mmi+0.00001*pmi"
+    assert str(parse_ranking("1000000*mmi")) == "1000000*mmi"
+
+
+def test_no_mmi_model_drops_the_mmi_term(tokenizer, models):
+    without = Engine(models[0], tokenizer)
+    assert without.ranking_for("mmi+0.5*pmi") == Ranking(((0.5, "pmi"),))
+    assert without.ranking_for("mmi") == LIKELIHOOD
+    with_mmi = Engine(models[0], tokenizer, models[1])
+    assert with_mmi.ranking_for("mmi+0.5*pmi") == parse_ranking("mmi+0.5*pmi")
+    assert with_mmi.ranking_for(DEFAULT_RANKING) == parse_ranking(DEFAULT_RANKING)
 
 
 # -- scorings and choosing -----------------------------------------------------------------------
@@ -75,7 +94,6 @@ def test_finished_candidates_come_before_cut_ones():
     for ranking in ("likelihood", "mmi", "pmi", "mmi+0.5*pmi"):
         assert choose([cut, whole], ranking)[0] == 1
         assert choose([cut, cand("", [], finished=True)], ranking)[0] == 0  # no whole non-empty one: the cut one
-    assert Engine.choose([cut, whole], use_mmi=True) == (1, "mmi")
 
 
 def test_missing_or_invalid_scores_rank_last_and_empty_is_never_chosen():
@@ -97,58 +115,58 @@ def teacher_forced_nll(model, prefix: list[int], target: list[int]) -> float:
 
 
 def test_pmi_is_the_difference_of_two_teacher_forced_nlls(engine, models):
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=4, max_len=6), seed=4, ranking="pmi")
+    reply = engine.reply(HISTORY, S(candidates=4, max_len=6, seed=4, ranking="pmi"))
     assert reply.ranking == "pmi"
     context = engine.context_ids([engine.encode(u) for u in HISTORY])
     for c in reply.candidates:
         target = c.ids + ([engine.sep_id] if c.finished else [])
         given_context = teacher_forced_nll(models[0], context, target)
         given_nothing = teacher_forced_nll(models[0], [engine.cls_id], target)
-        assert c.nll == pytest.approx(given_context, rel=1e-4)
-        assert c.nll_empty == pytest.approx(given_nothing, rel=1e-4)
+        assert c.scores["likelihood"] == pytest.approx(given_context, rel=1e-4)
         assert parse_ranking("pmi").score(c) == pytest.approx(given_context - given_nothing, rel=1e-3, abs=1e-4)
     assert reply.chosen == choose(reply.candidates, "pmi")[0]
 
 
 def test_scores_are_computed_only_when_the_ranking_needs_them(engine):
-    mmi = engine.reply(HISTORY, SamplingConfig(candidates=3, max_len=6), seed=4, ranking="mmi")
-    assert all(c.mmi is not None and c.nll_empty is None for c in mmi.candidates)
-    pmi = engine.reply(HISTORY, SamplingConfig(candidates=3, max_len=6), seed=4, ranking="pmi")
-    assert all(c.mmi is None and c.nll_empty is not None for c in pmi.candidates)
-    mix = engine.reply(HISTORY, SamplingConfig(candidates=3, max_len=6), seed=4, ranking="mmi+0.5*pmi")
-    assert mix.ranking == "mmi+0.5*pmi" and all(c.mmi is not None and c.nll_empty is not None for c in mix.candidates)
+    mmi = engine.reply(HISTORY, S(candidates=3, max_len=6, seed=4, ranking="mmi"))
+    assert all(set(c.scores) == {"likelihood", "mmi"} for c in mmi.candidates)
+    pmi = engine.reply(HISTORY, S(candidates=3, max_len=6, seed=4, ranking="pmi"))
+    assert all(set(c.scores) == {"likelihood", "pmi"} for c in pmi.candidates)
+    mix = engine.reply(HISTORY, S(candidates=3, max_len=6, seed=4, ranking="mmi+0.5*pmi"))
+    assert mix.ranking == "mmi+0.5*pmi" and all(set(c.scores) == {"likelihood", "mmi", "pmi"} for c in mix.candidates)
     assert [c.ids for c in mix.candidates] == [c.ids for c in pmi.candidates]  # ranking never changes the sampling
+    assert all(c.source == "sampled" for c in mix.candidates)
     assert mix.chosen == min(range(3), key=lambda i: (not mix.candidates[i].finished,
-                                                      mix.candidates[i].mmi + 0.5 * (mix.candidates[i].nll - mix.candidates[i].nll_empty)))
+                                                      mix.candidates[i].scores["mmi"] + 0.5 * mix.candidates[i].scores["pmi"]))
 
 
 def test_same_seed_same_reply_under_every_ranking(engine):
-    cfg = SamplingConfig(candidates=4, max_len=8)
     for ranking in ("likelihood", "mmi", "pmi", "mmi+0.5*pmi"):
-        a = engine.reply(HISTORY, cfg, seed=11, ranking=ranking)
-        b = engine.reply(HISTORY, cfg, seed=11, ranking=ranking)
+        cfg = S(candidates=4, max_len=8, seed=11, ranking=ranking)
+        a = engine.reply(HISTORY, cfg)
+        b = engine.reply(HISTORY, cfg)
         assert (a.text, a.chosen, a.ranking) == (b.text, b.chosen, b.ranking)
 
 
 def test_batched_pmi_equals_one_at_a_time(engine):
     histories = [["你好"], HISTORY]
-    batch = engine.replies(histories, SamplingConfig(candidates=3, max_len=6), seed=2, ranking="pmi")
-    for r in batch:
-        alone = [Candidate(c.text, c.ids, c.nll, finished=c.finished) for c in r.candidates]
+    batch = engine.replies(histories, S(candidates=3, max_len=6, seed=2, ranking="pmi"))
+    for h, r in zip(histories, batch):
+        alone = [Candidate(c.text, c.ids, finished=c.finished, scores={"likelihood": c.scores["likelihood"]})
+                 for c in r.candidates]
         for a in alone:
-            engine.score_empty_many([a])
-        assert [a.nll_empty for a in alone] == pytest.approx([c.nll_empty for c in r.candidates], rel=1e-4)
+            engine.score([Group([engine.encode(u) for u in h], [a])], ["pmi"])
+        assert [a.scores["pmi"] for a in alone] == pytest.approx([c.scores["pmi"] for c in r.candidates], rel=1e-4, abs=1e-5)
 
 
 def test_without_mmi_model_a_mix_ranks_by_its_other_terms(tokenizer, models):
     engine = Engine(models[0], tokenizer)
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=3, max_len=6), seed=3, ranking="mmi+0.5*pmi")
-    assert reply.ranking == "0.5*pmi" and all(c.mmi is None for c in reply.candidates)
-    off = Engine(models[0], tokenizer, models[1]).reply(HISTORY, SamplingConfig(candidates=3, max_len=6), seed=3,
-                                                        mmi=False, ranking="mmi+0.5*pmi")
-    assert off.ranking == "likelihood"
+    reply = engine.reply(HISTORY, S(candidates=3, max_len=6, seed=3, ranking="mmi+0.5*pmi"))
+    assert reply.ranking == "0.5*pmi" and all("mmi" not in c.scores for c in reply.candidates)
+    off = Engine(models[0], tokenizer, models[1]).reply(HISTORY, S(candidates=3, max_len=6, seed=3, ranking="likelihood"))
+    assert off.ranking == "likelihood"  # MMI off is the ranking likelihood
 
 
 def test_a_bad_ranking_fails_before_sampling(engine):
     with pytest.raises(ChitchatError, match="unknown scoring"):
-        engine.reply(HISTORY, SamplingConfig(max_len=4), seed=1, ranking="bleu")
+        engine.reply(HISTORY, S(max_len=4, seed=1, ranking="bleu"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,9 +12,11 @@ import torch.nn.functional as F
 from chitchat.errors import ChitchatError
 from chitchat.engine.engine import MAX_RESAMPLE, Engine
 from chitchat.engine.fast import FastGPT2
+from chitchat.engine.ranking import choose
 from chitchat.engine.replies import Candidate
 from chitchat.engine.sampler import nucleus_candidates
-from chitchat.model.sampling import SamplingConfig
+from chitchat.engine.scoring import Group
+from chitchat.engine.settings import ReplySettings
 from chitchat.model.gpt2 import build_model
 from chitchat.tokens.tokenizer import CLS, PAD, SEP, SPACE, UNK
 
@@ -125,13 +128,13 @@ def test_transposed_layout_matches_one_product(onednn, monkeypatch):
 
 def test_two_threads_decode_the_same(tokenizer, models):
     """With 2 threads one-row products take the (out, in) layout too: same greedy replies, same scores."""
-    greedy = SamplingConfig(top_k=1, candidates=1, max_len=10, min_len=10)
+    greedy = ReplySettings(top_k=1, candidates=1, max_len=10, min_len=10)
     one, two = Engine(models[0], tokenizer, models[1]), Engine(models[0], tokenizer, models[1], threads=2)
-    a, b = one.reply(HISTORY, greedy, seed=0), two.reply(HISTORY, greedy, seed=0)
+    a, b = one.reply(HISTORY, replace(greedy, seed=0)), two.reply(HISTORY, replace(greedy, seed=0))
     assert two.fast.head.one_row and not one.fast.head.one_row
     assert a.candidates[0].ids == b.candidates[0].ids
-    assert a.candidates[0].nll == pytest.approx(b.candidates[0].nll, rel=1e-4)
-    assert a.candidates[0].mmi == pytest.approx(b.candidates[0].mmi, rel=1e-4)
+    assert a.candidates[0].scores["likelihood"] == pytest.approx(b.candidates[0].scores["likelihood"], rel=1e-4)
+    assert a.candidates[0].scores.get("mmi") == pytest.approx(b.candidates[0].scores.get("mmi"), rel=1e-4)
 
 
 def test_int8_linear_matches_fp32_and_its_residual_form():
@@ -160,37 +163,37 @@ def test_int8_logits_stay_close_to_fp32(models):
 # -- sampling ------------------------------------------------------------------------------------
 
 def test_same_seed_same_reply_and_candidates(engine):
-    cfg = SamplingConfig(candidates=4, max_len=12)
-    a, b = engine.reply(HISTORY, cfg, seed=11), engine.reply(HISTORY, cfg, seed=11)
+    cfg = ReplySettings(candidates=4, max_len=12)
+    a, b = engine.reply(HISTORY, replace(cfg, seed=11)), engine.reply(HISTORY, replace(cfg, seed=11))
     assert a.text == b.text and a.text
     assert [c.ids for c in a.candidates] == [c.ids for c in b.candidates]
-    assert [c.mmi for c in a.candidates] == [c.mmi for c in b.candidates]
-    c = engine.reply(HISTORY, cfg, seed=12)
+    assert [c.scores.get("mmi") for c in a.candidates] == [c.scores.get("mmi") for c in b.candidates]
+    c = engine.reply(HISTORY, replace(cfg, seed=12))
     assert [x.ids for x in c.candidates] != [x.ids for x in a.candidates]
 
 
 def test_batched_left_padded_histories_match_one_at_a_time(engine):
-    greedy = SamplingConfig(top_k=1, candidates=2, max_len=10, min_len=10)
+    greedy = ReplySettings(top_k=1, candidates=2, max_len=10, min_len=10)
     histories = [["你好"], HISTORY, ["一个比较长的问题:周末你一般喜欢做什么呢?"]]
-    together = engine.generate(histories, greedy, seed=0)
+    together = engine.generate(histories, replace(greedy, seed=0))
     for history, row in zip(histories, together):
-        alone = engine.generate([history], greedy, seed=0)[0]
+        alone = engine.generate([history], replace(greedy, seed=0))[0]
         assert [c.ids for c in row] == [c.ids for c in alone]
-        assert [round(c.nll, 4) for c in row] == [round(c.nll, 4) for c in alone]
+        assert [round(c.scores["likelihood"], 4) for c in row] == [round(c.scores["likelihood"], 4) for c in alone]
         assert row[0].ids == row[1].ids  # greedy: both candidates equal
 
 
 def test_special_tokens_are_never_produced(engine, tokenizer):
     banned = ids_of(tokenizer, PAD, UNK, CLS)
     bias_logits(engine, {i: 50.0 for i in banned})
-    for cand in engine.generate([HISTORY], SamplingConfig(candidates=5, max_len=15, top_k=0), seed=3)[0]:
+    for cand in engine.generate([HISTORY], ReplySettings(candidates=5, max_len=15, top_k=0, seed=3))[0]:
         assert not set(cand.ids) & set(banned)
 
 
 def test_candidate_ends_at_sep_and_min_len_holds(engine, tokenizer):
     sep = tokenizer.convert_tokens_to_ids(SEP)
     bias_logits(engine, {sep: 50.0})
-    cands = engine.generate([HISTORY], SamplingConfig(candidates=3, min_len=4, max_len=20), seed=4)[0]
+    cands = engine.generate([HISTORY], ReplySettings(candidates=3, min_len=4, max_len=20, seed=4))[0]
     for cand in cands:
         assert len(cand.ids) == 4 and cand.finished and sep not in cand.ids
 
@@ -198,14 +201,14 @@ def test_candidate_ends_at_sep_and_min_len_holds(engine, tokenizer):
 def test_max_len_cuts_a_candidate(engine, tokenizer):
     sep = tokenizer.convert_tokens_to_ids(SEP)
     bias_logits(engine, {sep: -50.0})
-    cands = engine.generate([HISTORY], SamplingConfig(candidates=3, max_len=7), seed=5)[0]
+    cands = engine.generate([HISTORY], ReplySettings(candidates=3, max_len=7, seed=5))[0]
     assert all(len(c.ids) == 7 and not c.finished for c in cands)
 
 
 def test_reply_never_starts_with_a_space(engine, tokenizer):
     space = tokenizer.convert_tokens_to_ids(SPACE)
     bias_logits(engine, {space: 50.0})
-    for cand in engine.generate([HISTORY], SamplingConfig(candidates=5, max_len=3), seed=6)[0]:
+    for cand in engine.generate([HISTORY], ReplySettings(candidates=5, max_len=3, seed=6))[0]:
         assert cand.ids[0] != space
 
 
@@ -216,7 +219,7 @@ def test_repetition_penalty_lowers_seen_tokens_with_negative_logits(engine):
     logits[0, seen_token] = -2.0  # a negative logit: dividing it (GPT2-chitchat) would raise it
     logits[0, other] = 3.0
     before = logits.softmax(-1)[0, seen_token].item()
-    cfg = SamplingConfig(repetition_penalty=1.5, top_k=0, min_len=0, temperature=1.0)
+    cfg = ReplySettings(repetition_penalty=1.5, top_k=0, min_len=0, temperature=1.0)
     seen = torch.zeros(1, V)
     seen[0, seen_token] = -math.log(cfg.repetition_penalty)
     processed = logits.clone()
@@ -233,74 +236,74 @@ def test_repetition_penalty_lowers_seen_tokens_with_negative_logits(engine):
 def test_strong_repetition_penalty_prevents_repeats(engine, tokenizer):
     favoured = ids_of(tokenizer, "哈", "好")
     bias_logits(engine, {i: 8.0 for i in favoured})
-    plain = engine.generate([HISTORY], SamplingConfig(candidates=4, max_len=12, min_len=12), seed=7)[0]
+    plain = engine.generate([HISTORY], ReplySettings(candidates=4, max_len=12, min_len=12, seed=7))[0]
     assert any(len(set(c.ids)) < len(c.ids) for c in plain)
-    strict = engine.generate([HISTORY], SamplingConfig(candidates=4, max_len=12, min_len=12, repetition_penalty=1e9), seed=7)[0]
+    strict = engine.generate([HISTORY], ReplySettings(candidates=4, max_len=12, min_len=12, repetition_penalty=1e9, seed=7))[0]
     assert all(len(set(c.ids)) == len(c.ids) for c in strict)
 
 
 def test_no_repeat_ngram(engine, tokenizer):
     favoured = ids_of(tokenizer, "哈", "好")
     bias_logits(engine, {i: 8.0 for i in favoured})
-    cands = engine.generate([HISTORY], SamplingConfig(candidates=4, max_len=16, min_len=16, no_repeat_ngram_size=2), seed=8)[0]
+    cands = engine.generate([HISTORY], ReplySettings(candidates=4, max_len=16, min_len=16, no_repeat_ngram_size=2, seed=8))[0]
     for c in cands:
         bigrams = list(zip(c.ids, c.ids[1:]))
         assert len(bigrams) == len(set(bigrams))
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(engine):
-    greedy = engine.generate([HISTORY], SamplingConfig(top_k=1, candidates=1, max_len=8, min_len=8), seed=1)[0][0]
-    nucleus = engine.generate([HISTORY], SamplingConfig(top_k=0, top_p=1e-6, candidates=1, max_len=8, min_len=8), seed=2)[0][0]
+    greedy = engine.generate([HISTORY], ReplySettings(top_k=1, candidates=1, max_len=8, min_len=8, seed=1))[0][0]
+    nucleus = engine.generate([HISTORY], ReplySettings(top_k=0, top_p=1e-6, candidates=1, max_len=8, min_len=8, seed=2))[0][0]
     assert greedy.ids == nucleus.ids
 
 
 def test_candidate_nll_is_the_dialogue_models_likelihood(engine, models, tokenizer):
-    cand = engine.generate([HISTORY], SamplingConfig(candidates=1, max_len=6), seed=9)[0][0]
+    cand = engine.generate([HISTORY], ReplySettings(candidates=1, max_len=6, seed=9))[0][0]
     context = engine.context_ids([engine.encode(u) for u in HISTORY])
     seq = context + cand.ids + ([tokenizer.convert_tokens_to_ids(SEP)] if cand.finished else [])
     with torch.no_grad():
         logits = models[0](torch.tensor([seq])).logits[0]
     targets = torch.tensor(seq[len(context):])
     ref = F.cross_entropy(logits[len(context) - 1:-1], targets).item()
-    assert cand.nll == pytest.approx(ref, rel=1e-4)
+    assert cand.scores["likelihood"] == pytest.approx(ref, rel=1e-4)
 
 
 def test_sampling_config_validation():
-    for bad in (dict(temperature=0), dict(top_p=1.5), dict(repetition_penalty=0.5), dict(max_len=0),
+    for bad in (dict(temperature=-1), dict(top_p=1.5), dict(repetition_penalty=0.5), dict(max_len=0),
                 dict(min_len=5, max_len=4), dict(candidates=0), dict(top_k=-1)):
         with pytest.raises(ChitchatError):
-            SamplingConfig(**bad).validate()
+            ReplySettings(**bad).validate()
 
 
 # -- history bounds -----------------------------------------------------------------------------
 
 def test_history_longer_than_the_model_positions(engine):
     history = [f"第{i}句话," + "很长的内容" * 20 for i in range(40)]  # ~4,000 tokens, the model has 256 positions
-    cfg = SamplingConfig(max_len=20)
+    cfg = ReplySettings(max_len=20)
     kept = engine.fit_history([engine.encode(u) for u in history], cfg.max_len)
     assert len(engine.context_ids(kept)) + cfg.max_len + 1 <= engine.n_positions
     assert kept[-1] == engine.encode(history[-1])
-    assert engine.reply(history, cfg, seed=0).text
+    assert engine.reply(history, replace(cfg, seed=0)).text
 
 
 def test_a_10000_character_utterance_is_cut_to_fit(engine):
     long_line = "长" * 10_000
     kept = engine.fit_history([engine.encode(long_line)], 25)
     assert len(kept) == 1 and len(engine.context_ids(kept)) == engine.context_budget(25)
-    assert engine.reply([long_line], SamplingConfig(max_len=25), seed=0).text
+    assert engine.reply([long_line], ReplySettings(max_len=25, seed=0)).text
 
 
 def test_emoji_and_latin_input(engine, tokenizer):
     ids = engine.encode("hello  world 😀!")
     assert tokenizer.convert_tokens_to_ids(UNK) in ids  # the emoji
     assert engine.decode(ids[:11]) == "hello world"
-    assert engine.reply(["hello world 😀"], SamplingConfig(max_len=10), seed=0).text
+    assert engine.reply(["hello world 😀"], ReplySettings(max_len=10, seed=0)).text
 
 
 # -- MMI and ranking ----------------------------------------------------------------------------
 
 def test_mmi_scores_the_reversed_history_given_the_candidate(engine, models, tokenizer):
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=5, max_len=10), seed=13)
+    reply = engine.reply(HISTORY, ReplySettings(candidates=5, max_len=10, seed=13))
     assert reply.ranking == "mmi"
     cls_id, sep_id = ids_of(tokenizer, CLS, SEP)
     reversed_history = []
@@ -312,8 +315,8 @@ def test_mmi_scores_the_reversed_history_given_the_candidate(engine, models, tok
         with torch.no_grad():
             logits = models[1](seq).logits[0]
         ref = F.cross_entropy(logits[len(head) - 1:-1], seq[0, len(head):]).item()  # history tokens only
-        assert cand.mmi == pytest.approx(ref, rel=1e-4)
-    best = min(range(5), key=lambda i: reply.candidates[i].mmi)
+        assert cand.scores.get("mmi") == pytest.approx(ref, rel=1e-4)
+    best = min(range(5), key=lambda i: reply.candidates[i].scores.get("mmi"))
     assert reply.chosen == best and reply.text == reply.candidates[best].text
 
 
@@ -332,42 +335,44 @@ def test_sequence_nll_in_groups_matches_one_at_a_time(models):
 def test_mmi_survives_nan_and_inf_scores(engine, monkeypatch):
     scores = torch.tensor([float("nan"), 3.0, float("inf"), 2.5, float("nan")])
     monkeypatch.setattr(engine.mmi, "sequence_nll", lambda seqs, starts, pad: scores[:len(seqs)])
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=5, max_len=8, min_len=2), seed=1)
+    reply = engine.reply(HISTORY, ReplySettings(candidates=5, max_len=8, min_len=2, seed=1))
     assert reply.ranking == "mmi" and reply.chosen == 3
 
 
 def test_all_nan_mmi_falls_back_to_likelihood(engine, monkeypatch):
     monkeypatch.setattr(engine.mmi, "sequence_nll", lambda seqs, starts, pad: torch.full((len(seqs),), float("nan")))
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=5, max_len=8, min_len=2), seed=1)
+    reply = engine.reply(HISTORY, ReplySettings(candidates=5, max_len=8, min_len=2, seed=1))
     assert reply.ranking == "likelihood" and reply.text
-    assert reply.chosen == min(range(5), key=lambda i: reply.candidates[i].nll)
+    assert reply.chosen == min(range(5), key=lambda i: reply.candidates[i].scores["likelihood"])
 
 
 def test_empty_candidates_are_never_chosen():
-    cands = [Candidate("", [], 0.1, mmi=0.5), Candidate("好的", [1], 2.0, mmi=4.0), Candidate(" ", [4], 0.2, mmi=0.1)]
-    assert Engine.choose(cands, use_mmi=True) == (1, "mmi")
-    assert Engine.choose(cands, use_mmi=False) == (1, "likelihood")
-    assert Engine.choose([Candidate("", [], 1.0)], use_mmi=True) == (None, "none")
+    cands = [Candidate("", [], scores={"likelihood": 0.1, "mmi": 0.5}),
+             Candidate("好的", [1], scores={"likelihood": 2.0, "mmi": 4.0}),
+             Candidate(" ", [4], scores={"likelihood": 0.2, "mmi": 0.1})]
+    assert choose(cands, "mmi") == (1, "mmi")
+    assert choose(cands, "likelihood") == (1, "likelihood")
+    assert choose([Candidate("", [], scores={"likelihood": 1.0})], "mmi") == (None, "none")
 
 
 def test_all_empty_candidates_are_sampled_again(engine, tokenizer):
     sep = tokenizer.convert_tokens_to_ids(SEP)
     bias_logits(engine, {sep: 60.0})
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=3, min_len=0, max_len=5), seed=2)
+    reply = engine.reply(HISTORY, ReplySettings(candidates=3, min_len=0, max_len=5, seed=2))
     assert reply.text.strip() and reply.attempts == MAX_RESAMPLE + 1
     assert all(len(c.ids) == 1 for c in reply.candidates)  # the last round forbids [SEP] first
 
 
 def test_without_mmi_model_ranks_by_likelihood(tokenizer, models):
     engine = Engine(models[0], tokenizer)
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=4, max_len=8), seed=3)
-    assert reply.ranking == "likelihood" and all(c.mmi is None for c in reply.candidates)
-    assert reply.chosen == min(range(4), key=lambda i: reply.candidates[i].nll)
+    reply = engine.reply(HISTORY, ReplySettings(candidates=4, max_len=8, seed=3))
+    assert reply.ranking == "likelihood" and all(c.scores.get("mmi") is None for c in reply.candidates)
+    assert reply.chosen == min(range(4), key=lambda i: reply.candidates[i].scores["likelihood"])
 
 
 def test_mmi_off_ranks_by_likelihood(engine):
-    reply = engine.reply(HISTORY, SamplingConfig(candidates=3, max_len=8), seed=3, mmi=False)
-    assert reply.ranking == "likelihood" and all(c.mmi is None for c in reply.candidates)
+    reply = engine.reply(HISTORY, ReplySettings(candidates=3, max_len=8, seed=3, ranking="likelihood"))
+    assert reply.ranking == "likelihood" and all(c.scores.get("mmi") is None for c in reply.candidates)
 
 
 def test_load_round_trip_and_vocabulary_mismatch(tmp_path, tokenizer, models):
@@ -378,7 +383,7 @@ def test_load_round_trip_and_vocabulary_mismatch(tmp_path, tokenizer, models):
     save_model(models[1], tokenizer, tmp_path / "mmi")
     engine = Engine.load(tmp_path / "dialogue", tmp_path / "mmi")
     assert engine.mmi is not None and engine.model_path == str(tmp_path / "dialogue")
-    assert engine.reply(HISTORY, SamplingConfig(max_len=5), seed=0).text
+    assert engine.reply(HISTORY, ReplySettings(max_len=5, seed=0)).text
     other = build_tokenizer(list(reversed(tokenizer_tokens(tokenizer)[5:])) + tokenizer_tokens(tokenizer)[:5])
     save_model(build_model(other, "tiny", seed=3), other, tmp_path / "other")
     with pytest.raises(ChitchatError, match="vocabulary differs"):
@@ -387,16 +392,16 @@ def test_load_round_trip_and_vocabulary_mismatch(tmp_path, tokenizer, models):
 
 def test_replies_for_several_histories_in_one_batch(engine):
     histories = [["你好"], HISTORY, ["周末你一般做什么?"]]
-    cfg = SamplingConfig(candidates=3, max_len=8)
-    batch = engine.replies(histories, cfg, seed=21)
+    cfg = ReplySettings(candidates=3, max_len=8)
+    batch = engine.replies(histories, replace(cfg, seed=21))
     assert len(batch) == 3 and all(r.text and r.ranking == "mmi" for r in batch)
-    assert [r.text for r in batch] == [r.text for r in engine.replies(histories, cfg, seed=21)]
+    assert [r.text for r in batch] == [r.text for r in engine.replies(histories, replace(cfg, seed=21))]
     for history, r in zip(histories, batch):  # MMI scores of the shared batch equal one-at-a-time scores
         utterances = engine.fit_history([engine.encode(u) for u in history], cfg.max_len)
-        alone = [Candidate(c.text, c.ids, c.nll) for c in r.candidates]
-        engine.score_mmi(utterances, alone)
-        assert [a.mmi for a in alone] == pytest.approx([c.mmi for c in r.candidates], rel=1e-4)
-        assert r.chosen == min(range(3), key=lambda i: r.candidates[i].mmi)
+        alone = [Candidate(c.text, c.ids, scores={"likelihood": c.scores["likelihood"]}) for c in r.candidates]
+        engine.score([Group(utterances, alone)], ["mmi"])
+        assert [a.scores.get("mmi") for a in alone] == pytest.approx([c.scores.get("mmi") for c in r.candidates], rel=1e-4)
+        assert r.chosen == min(range(3), key=lambda i: r.candidates[i].scores.get("mmi"))
 
 
 def test_top_p_keeps_the_smallest_set_holding_p():
@@ -415,7 +420,7 @@ def test_top_p_keeps_the_smallest_set_holding_p():
 def test_a_model_producing_nan_is_an_error(engine):
     engine.fast.logits = lambda h: torch.full((h.shape[0], engine.fast.vocab_size), float("nan"))
     with pytest.raises(ChitchatError, match="invalid"):
-        engine.reply(HISTORY, SamplingConfig(max_len=4), seed=0)
+        engine.reply(HISTORY, ReplySettings(max_len=4, seed=0))
 
 
 # -- streaming -----------------------------------------------------------------------------------
@@ -430,15 +435,15 @@ def collect(steps):
         return seen, end.value
 
 
-@pytest.mark.parametrize("cfg", [SamplingConfig(candidates=3, max_len=12),
-                                 SamplingConfig(candidates=2, max_len=10, top_k=0, top_p=0.9, temperature=0.8,
+@pytest.mark.parametrize("cfg", [ReplySettings(candidates=3, max_len=12),
+                                 ReplySettings(candidates=2, max_len=10, top_k=0, top_p=0.9, temperature=0.8,
                                                 repetition_penalty=1.3, no_repeat_ngram_size=2)])
 def test_streaming_and_batch_generation_give_the_same_candidates(engine, cfg):
     histories = [["你好"], HISTORY]
-    batch = engine.generate(histories, cfg, seed=5)
-    steps, streamed = collect(engine.generate_stream(histories, cfg, seed=5))
-    assert [[(c.ids, c.text, c.nll, c.finished) for c in row] for row in streamed] == \
-        [[(c.ids, c.text, c.nll, c.finished) for c in row] for row in batch]
+    batch = engine.generate(histories, replace(cfg, seed=5))
+    steps, streamed = collect(engine.generate_stream(histories, replace(cfg, seed=5)))
+    assert [[(c.ids, c.text, c.scores["likelihood"], c.finished) for c in row] for row in streamed] == \
+        [[(c.ids, c.text, c.scores["likelihood"], c.finished) for c in row] for row in batch]
     assert all(len(s) == 2 * cfg.candidates for s in steps)
     for b in range(2 * cfg.candidates):  # the tokens yielded, step by step, are the candidate's
         cand = batch[b // cfg.candidates][b % cfg.candidates]
@@ -448,14 +453,14 @@ def test_streaming_and_batch_generation_give_the_same_candidates(engine, cfg):
 
 def test_streaming_and_batch_replies_are_the_same(engine):
     histories = [["你好"], HISTORY, ["周末你一般做什么?"]]
-    for cfg, mmi in ((SamplingConfig(candidates=1, max_len=15), False), (SamplingConfig(candidates=4, max_len=8), True)):
-        batch = engine.replies(histories, cfg, seed=9, mmi=mmi)
-        steps, streamed = collect(engine.replies_stream(histories, cfg, seed=9, mmi=mmi))
-        assert [(r.text, r.chosen, r.ranking, [(c.ids, c.nll, c.mmi) for c in r.candidates]) for r in streamed] == \
-            [(r.text, r.chosen, r.ranking, [(c.ids, c.nll, c.mmi) for c in r.candidates]) for r in batch]
+    for cfg, mmi in ((ReplySettings(candidates=1, max_len=15), False), (ReplySettings(candidates=4, max_len=8), True)):
+        batch = engine.replies(histories, replace(cfg, seed=9, ranking="mmi" if mmi else "likelihood"))
+        steps, streamed = collect(engine.replies_stream(histories, replace(cfg, seed=9, ranking="mmi" if mmi else "likelihood")))
+        assert [(r.text, r.chosen, r.ranking, [(c.ids, c.scores["likelihood"], c.scores.get("mmi")) for c in r.candidates]) for r in streamed] == \
+            [(r.text, r.chosen, r.ranking, [(c.ids, c.scores["likelihood"], c.scores.get("mmi")) for c in r.candidates]) for r in batch]
         if cfg.candidates == 1:  # one candidate: the reply is known as it is written
             for i, r in enumerate(batch):
-                toks = [s.tokens[i][0] for s in steps if s.tokens[i][0] not in (None, engine.sep_id)]
+                toks = [s.tokens[i][0] for s in steps if i in s.tokens and s.tokens[i][0] not in (None, engine.sep_id)]
                 assert engine.decode(toks) == r.text
 
 
@@ -463,8 +468,8 @@ def test_a_history_given_up_leaves_the_batch(engine, monkeypatch):
     rows = []
     real_step = engine.fast.step
     monkeypatch.setattr(engine.fast, "step", lambda tok, *a, **k: rows.append(len(tok)) or real_step(tok, *a, **k))
-    cfg = SamplingConfig(candidates=2, max_len=12, min_len=12)
-    steps = engine.replies_stream([["你好"], HISTORY], cfg, seed=3)
+    cfg = ReplySettings(candidates=2, max_len=12, min_len=12)
+    steps = engine.replies_stream([["你好"], HISTORY], replace(cfg, seed=3))
     first = next(steps)
     assert set(first.tokens) == {0, 1}
     second = steps.send({0})  # history 0's client went away
@@ -473,5 +478,5 @@ def test_a_history_given_up_leaves_the_batch(engine, monkeypatch):
     assert result[0] is None and result[1].text and len(result[1].candidates[0].ids) == 12
     assert rows == [2] * 11  # the first token came from the prefill; every step after decodes history 1's 2 rows
     rows.clear()
-    collect(engine.replies_stream([["你好"], HISTORY], cfg, seed=3))
+    collect(engine.replies_stream([["你好"], HISTORY], replace(cfg, seed=3)))
     assert rows == [4] * 11

@@ -11,7 +11,7 @@ import torch
 
 from chitchat.engine.fast import FastGPT2, torch_threads
 from chitchat.model.gpt2 import build_model
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 from chitchat.tokens.tokenizer import CLS, DEFAULT_VOCAB, SEP, load_tokenizer
 
 LCCC = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "lccc_toy"

@@ -5,7 +5,6 @@ the engine scores, reported per scoring; `--negatives 0` turns it off; too few u
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from chitchat.cli import main
 from chitchat.engine.engine import Engine
 from chitchat.engine.replies import Candidate
+from chitchat.engine.scoring import Group
 from chitchat.errors import ChitchatError
 from chitchat.eval.cases import Case, EvalConfig, build_cases, read_dialogues
 from chitchat.eval.coherence import draw_negatives
@@ -60,14 +60,14 @@ def test_too_few_utterances_for_the_distractors_is_one_clear_error(data):
 def test_scores_are_the_engines(model_dirs):
     engine = Engine.load(str(model_dirs[0]), str(model_dirs[1]))
     case = Case(["今天好累啊", "早点休息吧"], "好的,晚安", "x")
-    [[true, other]] = score_sets(engine, [(case.context, [case.reference, "吃面条吧"])])
+    [[true, other]] = score_sets(engine, [(case.context, [case.reference, "吃面条吧"])], ["likelihood", "mmi", "pmi"])
     [(total, n)], _ = reference_nll(engine, [case], 8)
-    assert true.nll == pytest.approx(total / n, rel=1e-5)
-    cands = [Candidate(t, engine.encode(t), math.nan) for t in (case.reference, "吃面条吧")]
-    engine.score_mmi([engine.encode(u) for u in case.context], cands)
-    assert [true.mmi, other.mmi] == pytest.approx([c.mmi for c in cands], rel=1e-5)
+    assert true.scores["likelihood"] == pytest.approx(total / n, rel=1e-5)
+    cands = [Candidate(t, engine.encode(t)) for t in (case.reference, "吃面条吧")]
+    engine.score([Group([engine.encode(u) for u in case.context], cands)], ["mmi"])
+    assert [true.scores["mmi"], other.scores["mmi"]] == pytest.approx([c.scores["mmi"] for c in cands], rel=1e-5)
     empty = engine.fast.sequence_nll([[engine.cls_id, *engine.encode("吃面条吧"), engine.sep_id]], [1], engine.pad_id)
-    assert other.nll_empty == pytest.approx(float(empty[0]), rel=1e-5)
+    assert other.scores["pmi"] == pytest.approx(other.scores["likelihood"] - float(empty[0]), rel=1e-5)
 
 
 def test_cli_reports_every_scoring_and_ranks_per_case(model_dirs, data, tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_cli_reports_every_scoring_and_ranks_per_case(model_dirs, data, tmp_path
     r1 = sum(c["coherence"]["ranks"]["dialogue"]["pmi"] == 1 for c in cases) / len(cases)
     assert coh["systems"]["dialogue"]["pmi"]["recall_at_1"] == pytest.approx(r1)
     md = (out / "report.md").read_text(encoding="utf-8")
-    assert "| the chat's ranking |" in md and "| replies cut at the length cap |" in md
+    assert "| the chat's ranking (mmi) |" in md and "| replies cut at the length cap |" in md
     assert 0 <= report["systems"]["dialogue +mmi"]["cut_rate"] <= 1
 
 

@@ -1,5 +1,5 @@
 """`chitchat eval --ranking`: the generated replies are chosen by it, the report says which, and the
-coherence part's "chat" scoring is the engine's default ranking."""
+coherence part's "chat" scoring is that ranking."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 import pytest
 
 from chitchat.cli import main
-from chitchat.engine.ranking import DEFAULT_RANKING, effective_ranking
-from chitchat.eval.ranking import SCORINGS, CandidateScores
 from chitchat.model.gpt2 import build_model, save_model
 from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer
 
@@ -32,17 +30,10 @@ def test_ranking_flag_chooses_the_replies_and_is_reported(models, tmp_path, caps
             "--no-progress", "--candidates", "3", "--max-len", "6", "--negatives", "1"]
     assert main([*argv, "--output", str(tmp_path / "out"), "--ranking", "mmi+0.5*pmi"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
-    assert report["settings"]["ranking"] == "mmi+0.5*pmi"
+    assert report["settings"]["reply"]["ranking"] == "mmi+0.5*pmi" and report["settings"]["chat_ranking"] == "mmi+0.5*pmi"
     assert [s["ranking"] for s in report["systems"].values()] == ["mmi+0.5*pmi"]
     for line in (tmp_path / "out" / "cases.jsonl").read_text(encoding="utf-8").splitlines():
         candidates = next(iter(json.loads(line)["models"].values()))["candidates"]
-        assert all(c["nll_empty"] is not None and c["mmi"] is not None for c in candidates)
+        assert all({"likelihood", "mmi", "pmi"} <= set(c["scores"]) for c in candidates)
     assert main([*argv, "--output", str(tmp_path / "bad"), "--ranking", "bleu"]) != 0
     assert "unknown scoring 'bleu'" in capsys.readouterr().err
-
-
-def test_the_chat_scoring_is_the_default_ranking():
-    s = CandidateScores(nll=2.0, nll_empty=3.0, mmi=4.0)
-    assert SCORINGS["chat"](s) == effective_ranking(DEFAULT_RANKING).score(s)
-    no_mmi = CandidateScores(nll=2.0, nll_empty=3.0)
-    assert SCORINGS["chat"](no_mmi) == effective_ranking(DEFAULT_RANKING, has_mmi=False).score(no_mmi)

@@ -12,7 +12,7 @@ import torch
 
 from chitchat.cli import main
 from chitchat.eval.evaluate import EvalConfig, build_cases, evaluate
-from chitchat.model.sampling import SamplingConfig
+from chitchat.engine.settings import ReplySettings
 from chitchat.model.gpt2 import build_model, save_model
 from chitchat.corpus.readers import ReadStats
 from chitchat.tokens.tokenizer import DEFAULT_VOCAB, load_tokenizer
@@ -50,7 +50,8 @@ def run_eval(models, data, out, *extra) -> int:
 
 def test_every_reply_position_is_a_case_with_bounded_context(data):
     stats = ReadStats()
-    cases = build_cases(EvalConfig(models=["m"], data=[str(data)], output=Path("x"), max_history_len=2), stats)
+    cases = build_cases(EvalConfig(models=["m"], data=[str(data)], output=Path("x"),
+                                   settings=ReplySettings(max_history_len=2)), stats)
     assert len(cases) == N_CASES
     assert [c.reference for c in cases[:3]] == ["你好呀,今天过得怎么样", "还不错,刚下班", "辛苦了"]
     assert cases[2].context == ["你好呀,今天过得怎么样", "还不错,刚下班"]  # the last 2 utterances only
@@ -66,7 +67,7 @@ def test_perplexity_is_exp_of_the_mean_teacher_forced_loss(models, data, tmp_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     report, _ = evaluate(EvalConfig(models=[str(models / "alpha")], data=[str(data)], output=tmp_path / "r",
-                                    sampling=SamplingConfig(candidates=2, max_len=5), progress=False, negatives=0))
+                                    settings=ReplySettings(candidates=2, max_len=5, seed=42), progress=False, negatives=0))
     model = AutoModelForCausalLM.from_pretrained(models / "alpha").eval()
     tok = AutoTokenizer.from_pretrained(models / "alpha")
     cls, sep = tok.convert_tokens_to_ids("[CLS]"), tok.convert_tokens_to_ids("[SEP]")
@@ -102,7 +103,7 @@ def test_report_files_exist_parse_and_a_rerun_is_identical(models, data, tmp_pat
                 "tfidf_cosine", "avg_len_chars", "empty_rate", "repeat_3gram_rate", "perplexity_token",
                 "perplexity_char"):
         assert math.isfinite(report["systems"]["alpha +mmi"][key]), key
-    assert report["settings"]["seed"] == 42 and report["settings"]["sampling"]["candidates"] == 3
+    assert report["settings"]["seed"] == 42 and report["settings"]["reply"]["candidates"] == 3
     assert report["models"][0]["path"].endswith("alpha") and len(report["models"][0]["hash"]) == 16
     assert report["mmi_model"]["path"].endswith("mmi")
     assert report["data"][0]["sha256"] and report["versions"]["torch"]
@@ -116,8 +117,8 @@ def test_report_files_exist_parse_and_a_rerun_is_identical(models, data, tmp_pat
         texts = [cand["text"] for cand in candidates]
         assert len(texts) == 3
         # both rankings chose among the same candidates: MMI the lowest MMI score, the other the lowest NLL
-        assert c["systems"]["alpha +mmi"]["reply"] == min(candidates, key=lambda cand: cand["mmi"])["text"]
-        assert c["systems"]["alpha"]["reply"] == min(candidates, key=lambda cand: cand["nll"])["text"]
+        assert c["systems"]["alpha +mmi"]["reply"] == min(candidates, key=lambda cand: cand["scores"]["mmi"])["text"]
+        assert c["systems"]["alpha"]["reply"] == min(candidates, key=lambda cand: cand["scores"]["likelihood"])["text"]
         assert {"context", "reference", "source"} <= set(c)
         assert c["models"]["alpha"]["reference_nll_per_token"] > 0
 

@@ -6,9 +6,10 @@ import math
 import pytest
 
 from chitchat.engine.engine import Engine
+from chitchat.engine.ranking import DEFAULT_RANKING, choose, parse_ranking
 from chitchat.engine.replies import Candidate
-from chitchat.eval.ranking import (SCORING_LABELS, SCORINGS, CandidateScores, average_precision, precision_at_1, rank_of_true,
-                                   ranked_labels, recall_at, reciprocal_rank, scorings)
+from chitchat.eval.ranking import (CHAT, average_precision, label, precision_at_1, rank_of_true, ranked_labels, recall_at,
+                                   reciprocal_rank, scorings, values)
 from chitchat.eval.selection import selection_metrics
 
 
@@ -47,22 +48,26 @@ def test_r10_needs_ten_candidates():
     assert none["r10_at_1"] is None and none["map"] == pytest.approx(0.5)
 
 
-def test_scorings_table():
-    s = CandidateScores(nll=3.0, nll_empty=5.0, mmi=2.5)
-    assert SCORINGS["likelihood"](s) == 3.0
-    assert SCORINGS["pmi"](s) == -2.0  # the context made the reply 2 nats per token likelier
-    assert SCORINGS["mmi"](s) == 2.5 and SCORINGS["chat"](s) == 2.5
-    no_mmi = CandidateScores(nll=3.0, nll_empty=5.0)
-    assert SCORINGS["chat"](no_mmi) == 3.0
-    assert scorings(False) == ["likelihood", "pmi", "chat"] and "mmi" in scorings(True)
-    assert set(SCORING_LABELS) == set(SCORINGS) and not any("|" in x for x in SCORING_LABELS.values())  # table cells
+def test_scorings_table(tokenizer):
+    from chitchat.model.gpt2 import build_model
+
+    c = Candidate("好", [1], scores={"likelihood": 3.0, "pmi": -2.0, "mmi": 2.5})
+    chat = parse_ranking(DEFAULT_RANKING)
+    assert values("likelihood", [c], chat) == [3.0] and values("pmi", [c], chat) == [-2.0]
+    assert values("mmi", [c], chat) == [2.5] and values(CHAT, [c], chat) == [2.5]
+    assert math.isnan(values("mmi", [Candidate("好", [1])], chat)[0])
+    model = build_model(tokenizer, "tiny", seed=1)
+    assert scorings(Engine(model, tokenizer)) == ["likelihood", "pmi", CHAT]
+    assert "mmi" in scorings(Engine(model, tokenizer, build_model(tokenizer, "tiny", seed=2)))
+    assert not any("|" in label(name, chat) for name in ("likelihood", "mmi", "pmi", CHAT))  # table cells
 
 
-@pytest.mark.parametrize("use_mmi", [True, False])
-def test_chat_scoring_picks_what_engine_choose_picks(use_mmi):
+@pytest.mark.parametrize("ranking", ["mmi", "likelihood", "mmi+0.5*pmi"])
+def test_chat_scoring_picks_what_the_engine_chooses(ranking):
     nll = [2.0, 1.5, 3.0, 2.2]
     mmi = [4.0, 5.0, 3.5, 3.5]
-    cands = [Candidate(f"r{i}", [i], n, m if use_mmi else None) for i, (n, m) in enumerate(zip(nll, mmi))]
-    chosen, _ = Engine.choose(cands, use_mmi)
-    scores = [SCORINGS["chat"](CandidateScores(c.nll, 0.0, c.mmi)) for c in cands]
+    cands = [Candidate(f"r{i}", [i], scores={"likelihood": n, "mmi": m, "pmi": n - 1})
+             for i, (n, m) in enumerate(zip(nll, mmi))]
+    chosen, _ = choose(cands, ranking)
+    scores = values(CHAT, cands, parse_ranking(ranking))
     assert min(range(len(scores)), key=lambda i: (scores[i], i)) == chosen

@@ -1,24 +1,27 @@
-"""The default model's recipe (chitchat/recipe.py), run end to end on tiny sources in seconds, and
-`ensure_default_model`, which rebuilds a missing default model with it."""
+"""The default model's recipe (chitchat/recipe/), run end to end on tiny sources in seconds, and the chat
+on the model it builds."""
 
 from __future__ import annotations
 
 import io
 import json
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from chitchat.cli import build_parser
 from chitchat.errors import ChitchatError
-from chitchat.recipe.recipe import MANIFEST, RecipeConfig, Source, StageConfig, model_files, run_recipe
+from chitchat.recipe.corpora import Corpus
+from chitchat.recipe.recipe import MANIFEST, RecipeConfig, StageConfig, model_files, run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_recipe(tmp: Path) -> RecipeConfig:
-    src = lambda name: Source(name, f"this repository, corpus/{name}", "MIT")  # noqa: E731
+    src = lambda name: Corpus(name, f"this repository, corpus/{name}", "MIT")  # noqa: E731
     return RecipeConfig(
         output=tmp / "default", work=tmp / "work", corpora=ROOT / "corpus",
         pretrain_sources=(src("chitchat.txt"), src("kdconv_style.json")),
@@ -48,6 +51,9 @@ def test_recipe_builds_a_complete_model(built):
     assert [c.split()[2] for c in commands] == ["vocab", "preprocess", "preprocess", "preprocess", "train", "train",
                                                  "train", "eval"]
     assert any("--init-from" in c and "--mmi" in c for c in commands)
+    for c in commands:  # each is a command line of its own, to rerun the stage by hand
+        argv = shlex.split(c)[2:]
+        assert build_parser(argv[0]).parse_args(argv).command == argv[0]
     # the manifest: sources with hashes, stages with steps and tokens, validation figures, file hashes
     on_disk = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     assert on_disk == json.loads(json.dumps(manifest))
@@ -64,7 +70,7 @@ def test_recipe_builds_a_complete_model(built):
 
 
 def test_a_rewritten_card_keeps_the_hand_written_notes(built, tmp_path):
-    from chitchat.recipe.recipe import NOTES_MARK, model_card, write_card
+    from chitchat.recipe.card import NOTES_MARK, model_card, write_card
 
     _, manifest, _ = built
     card = tmp_path / "README.md"
@@ -133,9 +139,8 @@ def test_a_missing_corpus_is_one_line_naming_it_and_its_origin(tmp_path):
 
 
 def test_a_missing_default_model_outside_a_checkout_is_one_line_saying_how_to_get_it(built, tmp_path, monkeypatch):
-    """Never an implicit multi-hour training: an error naming git and the recipe; a built model is used."""
-    from chitchat.chat.repl import run
-    from chitchat.cli import build_parser
+    """Never an implicit multi-hour training: an error naming `git checkout` and the recipe; a built model is used."""
+    from chitchat.commands.chat import run
     from chitchat.model.default import ensure_default_model
 
     cfg, manifest, _ = built
@@ -157,32 +162,6 @@ def test_a_missing_default_model_outside_a_checkout_is_one_line_saying_how_to_ge
     [transcript] = (tmp_path / "home" / "transcripts").glob("*.jsonl")
     record = json.loads(transcript.read_text(encoding="utf-8"))
     assert record["model"] == str(root / "dialogue") and record["mmi_model"] == str(root / "mmi")
-
-
-def test_a_missing_default_model_of_a_checkout_is_restored_from_git(tmp_path, monkeypatch):
-    import shutil
-    import subprocess
-
-    import chitchat.model.default as dm
-
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    repo = tmp_path / "checkout"
-    for name in ("dialogue", "mmi"):
-        (repo / "models" / "default" / name).mkdir(parents=True)
-        (repo / "models" / "default" / name / "config.json").write_text(f'{{"name": "{name}"}}', encoding="utf-8")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "model"], check=True)
-    shutil.rmtree(repo / "models" / "default")
-    monkeypatch.setattr(dm, "REPO_ROOT", repo)
-    monkeypatch.setattr(dm, "CHECKOUT_MODEL", repo / "models" / "default")
-    messages: list[str] = []
-    root = repo / "models" / "default"
-    assert dm.ensure_default_model(say=messages.append, root=root) == (str(root / "dialogue"), str(root / "mmi"))
-    assert "restored the committed one" in messages[0] and len(messages) == 1
-    assert (root / "mmi" / "config.json").read_text(encoding="utf-8") == '{"name": "mmi"}'
 
 
 def test_until_preprocess_prepares_the_datasets_alone(tmp_path):

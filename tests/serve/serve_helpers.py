@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -10,19 +11,19 @@ from contextlib import contextmanager
 import httpx
 from fastapi.testclient import TestClient
 
-from chitchat.engine.settings import ChatSettings
-from chitchat.model.sampling import SamplingConfig
 from chitchat.serve.app import ServeConfig, create_app
+from chitchat.engine.settings import ReplySettings
 
 from support import running_server
 
+KEY = "test-key-0123456789"  # at least 16 characters, as the server requires
 HISTORY = ["你好", "你好啊,今天过得怎么样"]
 USER = [{"role": "user", "content": "还不错,刚下班"}]
 
 
 def config(**changes) -> ServeConfig:
     """Short replies, small limits: fast, and every limit easy to reach."""
-    settings = changes.pop("settings", ChatSettings(SamplingConfig(max_len=6, candidates=3)))
+    settings = changes.pop("settings", ReplySettings(max_len=6, candidates=3))
     base = dict(settings=settings, max_body_bytes=4096, max_text_chars=100, max_history=6, max_tokens=12, max_n=4,
                 max_sessions=4, batch_window_ms=2)
     return ServeConfig(**{**base, **changes})
@@ -40,18 +41,18 @@ class Spy:
 
     def __init__(self, engine, monkeypatch, hold: bool = False):
         self.real = engine.replies_stream
-        self.calls: list[tuple[list, SamplingConfig, int | None]] = []
+        self.calls: list[tuple[list, ReplySettings, int | None]] = []  # (histories, settings, seed)
         self.entered = threading.Event()
         self.release = threading.Event()
         if not hold:
             self.release.set()
         monkeypatch.setattr(engine, "replies_stream", self)
 
-    def __call__(self, histories, sampling=None, seed=None, **kw):
-        self.calls.append(([list(h) for h in histories], sampling, seed))
+    def __call__(self, histories, settings=None, **kw):
+        self.calls.append(([list(h) for h in histories], settings, settings.seed if settings is not None else None))
         self.entered.set()
         assert self.release.wait(30)
-        return self.real(histories, sampling, seed, **kw)
+        return self.real(histories, settings, **kw)
 
 
 def error_of(r, status: int, param: str | None = None) -> str:
@@ -79,7 +80,7 @@ def sse(text: str) -> list:
 
 
 def one_candidate(**changes) -> dict:
-    return {"settings": ChatSettings(SamplingConfig(max_len=12, min_len=8, candidates=1)), **changes}
+    return {"settings": ReplySettings(max_len=12, min_len=8, candidates=1), **changes}
 
 
 def serve_process(model_dirs, *args: str, files: int | None = None):
@@ -92,3 +93,16 @@ def healthy(url: str) -> bool:
         return httpx.get(url + "/healthz", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """The server has closed this connection (whatever it sent before)."""
+    sock.settimeout(0.05)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except (socket.timeout, BlockingIOError):
+        return False
+    except OSError:  # reset
+        return True

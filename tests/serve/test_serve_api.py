@@ -16,11 +16,10 @@ from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
 from chitchat.errors import ChitchatError
-from chitchat.model.sampling import SamplingConfig
 from chitchat.serve.app import create_app
-from chitchat.engine.settings import ChatSettings
+from chitchat.engine.settings import ReplySettings
 
-from serve_helpers import HISTORY, USER, config, serve, Spy, error_of
+from serve_helpers import HISTORY, KEY, USER, config, serve, Spy, error_of
 
 
 # -- endpoints ------------------------------------------------------------------------------------
@@ -32,7 +31,7 @@ def test_healthz_info_models_and_openapi(client, model_dirs):
     assert info["model"] == "models0/dialogue" and info["mmi_model"] == "models0/mmi"
     assert str(model_dirs[0].parent) not in json.dumps(info) and "paths" not in info
     assert info["preset"] == "tiny" and info["vocab_size"] == 8000 and info["n_positions"] == 256
-    assert info["settings"]["max_len"] == 6 and info["settings"]["candidates"] == 3 and info["settings"]["mmi"]
+    assert info["settings"]["max_len"] == 6 and info["settings"]["candidates"] == 3 and info["settings"]["ranking_used"] == "mmi"
     assert info["settings"]["max_history_len"] == 3 and info["limits"]["max_tokens"] == 12 and not info["auth"]
     assert client.get("/v1/models").json()["data"][0]["id"] == "chitchat"
     paths = client.get("/openapi.json").json()["paths"]
@@ -43,14 +42,14 @@ def test_healthz_info_models_and_openapi(client, model_dirs):
 
 
 def test_the_chat_page_is_served_and_self_contained(engine):
-    with serve(engine, api_key="s3cret") as c:
+    with serve(engine, api_key=KEY) as c:
         r = c.get("/")  # open, like /healthz: the page itself asks for the key
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         page = r.text
         assert "/sessions" in page and "isComposing" in page and "compositionend" in page
         # nothing fetched from elsewhere: no URL with a host, no font or script from a CDN
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page, re.I) and "@import" not in page
-        assert "/" not in c.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()["paths"]
+        assert "/" not in c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()["paths"]
 
 
 def test_generate_and_candidates(client):
@@ -59,20 +58,23 @@ def test_generate_and_candidates(client):
     out = client.post("/generate", json={"text": "你好", "candidates": True}).json()
     assert len(out["candidates"]) == 3 and out["ranking"] == "mmi"
     assert out["generated_text"] == out["candidates"][out["chosen"]]["text"]
-    assert all(isinstance(c["nll"], float) and isinstance(c["mmi"], float) for c in out["candidates"])
+    assert all(isinstance(c["scores"]["likelihood"], float) and isinstance(c["scores"]["mmi"], float)
+               and c["source"] == "sampled" for c in out["candidates"])
 
 
 def test_generate_seed_is_reproducible_and_matches_the_engine(client, engine):
     body = {"text": "吃饭了吗", "history": HISTORY, "seed": 7}
     first, second = (client.post("/generate", json=body).json()["generated_text"] for _ in range(2))
-    direct = engine.reply(HISTORY + ["吃饭了吗"], SamplingConfig(max_len=6, candidates=3), seed=7)
+    direct = engine.reply(HISTORY + ["吃饭了吗"], ReplySettings(max_len=6, candidates=3, seed=7))
     assert first == second == direct.text
 
 
 def test_the_model_sees_the_last_max_history_len_utterances(client, engine, monkeypatch):
     spy = Spy(engine, monkeypatch)
     client.post("/generate", json={"text": "  五 ", "history": ["一", "二", "三", "四"]})
-    assert spy.calls[0][0] == [["三", "四", "五"]]  # as the chat: max_history_len 3, the new one normalised
+    [history], settings, _ = spy.calls[0]
+    seen = [engine.decode(u) for u in engine.prompt(history, settings)]
+    assert seen == ["三", "四", "五"]  # as the chat: max_history_len 3, the new one normalised
 
 
 def test_chat_completions(client, engine, monkeypatch):
@@ -91,10 +93,11 @@ def test_chat_completions(client, engine, monkeypatch):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert 0 < usage["completion_tokens"] <= 10
     histories, sampling, _ = spy.calls[0]
-    assert histories == [["", "你好啊", "今天好累"]]  # system ignored, null content empty, the last 3
+    assert histories == [["你好", "", "你好啊", "今天好累"]]  # system ignored, null content empty
+    assert [engine.decode(u) for u in engine.prompt(histories[0], sampling)] == ["", "你好啊", "今天好累"]  # the last 3
     assert (sampling.max_len, sampling.candidates, sampling.temperature, sampling.top_p) == (5, 3, 0.7, 0.9)
     client.post("/v1/chat/completions", json={"messages": USER, "temperature": 0, "n": 4})
-    assert spy.calls[1][1].top_k == 1 and spy.calls[1][1].candidates == 4  # temperature 0: greedy
+    assert spy.calls[1][1].temperature == 0 and spy.calls[1][1].candidates == 4  # temperature 0: greedy
 
 
 def test_chat_completion_seed_and_stream(client):
@@ -129,7 +132,7 @@ def test_chat_completion_seed_and_stream(client):
     ({"messages": USER, "n": 0}, "n"),
     ({"messages": USER, "temperature": "hot"}, "temperature"),
     ({"messages": USER, "temperature": -1}, "temperature"),
-    ({"messages": USER, "top_p": 0}, "top_p"),
+    ({"messages": USER, "top_p": 2}, "top_p"),
     ({"messages": USER, "max_tokens": True}, "max_tokens"),
     ({"messages": USER, "stream": "yes"}, "stream"),
     ({"messages": USER, "seed": 2**80}, "seed"),
@@ -237,7 +240,7 @@ def test_max_len_over_max_tokens_is_refused(engine):
     with pytest.raises(ChitchatError, match="max_batch"):
         create_app(engine, config(max_batch=0))
     with pytest.raises(ChitchatError, match="no room"):
-        create_app(engine, config(settings=ChatSettings(SamplingConfig(max_len=6)), max_tokens=300))
+        create_app(engine, config(settings=ReplySettings(max_len=6), max_tokens=300))
 
 
 # -- valid requests, generated -------------------------------------------------------------------
@@ -290,7 +293,7 @@ def test_openapi_fuzz_finds_no_server_error(engine):
     from schemathesis.config import SchemathesisConfig
 
     # a store that does not fill up: a full one answers 503, which the fuzz counts as a server error
-    app = create_app(engine, config(api_key="fuzz", max_sessions=10_000, allowed_hosts="testserver"))
+    app = create_app(engine, config(api_key=KEY, max_sessions=10_000, allowed_hosts="testserver"))
     # an oversized body that breaks the schema is rejected with a 413, which is right too
     cfg = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
         "expected-statuses": [400, 401, 404, 405, 413, 422]}}})

@@ -16,7 +16,7 @@ from chitchat.serve.app import create_app
 from chitchat.serve.connections import quiet_file_exhaustion
 
 from support import free_port, running_server
-from serve_helpers import config, Spy, wait_for, healthy, serve_process
+from serve_helpers import KEY, closed_by_server, config, Spy, wait_for, healthy, serve_process
 
 
 # -- shutdown and the real command ----------------------------------------------------------------
@@ -53,9 +53,9 @@ def test_graceful_shutdown_finishes_the_requests_in_flight(engine, monkeypatch):
 
 
 def test_the_serve_command(model_dirs, tmp_path):
-    with running_server(model_dirs, "--max-len", "6", env={"CHITCHAT_API_KEY": "tok"}) as server:
+    with running_server(model_dirs, "--max-len", "6", env={"CHITCHAT_API_KEY": KEY}) as server:
         url = server.url
-        r = httpx.post(url + "/generate", json={"text": "你好"}, headers={"Authorization": "Bearer tok"}, timeout=30)
+        r = httpx.post(url + "/generate", json={"text": "你好"}, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
         assert r.status_code == 200 and r.json()["generated_text"]
         assert httpx.post(url + "/generate", json={"text": "你好"}, timeout=30).status_code == 401
     err = server.stderr
@@ -72,24 +72,11 @@ def test_serve_command_errors_are_one_line(tmp_path):
 
 # -- connections: timeouts, the connection limit, the file limit ----------------------------------
 
-def closed_by_server(sock: socket.socket) -> bool:
-    """The server has closed this connection (whatever it sent before)."""
-    sock.settimeout(0.05)
-    try:
-        while sock.recv(4096):
-            pass
-        return True
-    except (socket.timeout, BlockingIOError):
-        return False
-    except OSError:  # reset
-        return True
-
-
 def test_idle_slow_and_surplus_connections_are_closed(model_dirs):
     # issue 20, finding 2: idle, header-trickle and slow-body connections stayed open for minutes, and
     # with a low file limit idle sockets starved /healthz while asyncio logged a traceback per accept()
     with serve_process(model_dirs, "--header-timeout", "1", "--body-timeout", "2", "--keep-alive-timeout", "1",
-                        "--max-connections", "300", files=256) as server:
+                        "--max-connections", "300", "--client-connections", "300", files=256) as server:
         address = ("127.0.0.1", server.port)
         idle = [socket.create_connection(address) for _ in range(5)]
         trickle = [socket.create_connection(address) for _ in range(5)]

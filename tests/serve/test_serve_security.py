@@ -14,24 +14,30 @@ import pytest
 from chitchat.cli import build_parser
 from chitchat.errors import ChitchatError
 from chitchat.serve.app import create_app
-from chitchat.serve.command import config_from_args
+from chitchat.commands.serve import config_from_args
 from chitchat.serve.security import RateLimit
 
 from support import PYTHON, ROOT, cli_env
-from serve_helpers import config, error_of, serve, serve_process
+from serve_helpers import KEY, config, error_of, serve, serve_process
 
 
 # -- auth -----------------------------------------------------------------------------------------
 
 def test_bearer_token(engine):
-    with serve(engine, api_key="s3cret") as c:
+    with serve(engine, api_key=KEY) as c:
         error_of(c.post("/generate", json={"text": "你好"}), 401)
         r = c.post("/generate", json={"text": "你好"}, headers={"Authorization": "Bearer wrong"})
         assert error_of(r, 401) and r.headers["www-authenticate"] == "Bearer"
-        error_of(c.post("/sessions", headers={"Authorization": "s3cret"}), 401)
+        for wrong in (KEY, f"Basic {KEY}", f"Bearer{KEY}", f"Bearer {KEY}x", f"Bearer {KEY[:-1]}"):
+            error_of(c.post("/sessions", headers={"Authorization": wrong}), 401)
         error_of(c.post("/generate", content=b"x" * 10_000), 401)  # no token: refused before anything else
-        ok = {"Authorization": "Bearer s3cret"}
+        ok = {"Authorization": f"Bearer {KEY}"}
         assert c.post("/generate", json={"text": "你好"}, headers=ok).status_code == 200
+        # issue 25, N11: the scheme's name is case-insensitive (RFC 9110), the token is not
+        for scheme in ("bearer", "BEARER", "bEaReR"):
+            assert c.get("/info", headers={"Authorization": f"{scheme} {KEY}"}).status_code == 200, scheme
+        assert c.get("/info", headers={"Authorization": f"Bearer   {KEY}"}).status_code == 200
+        error_of(c.get("/info", headers={"Authorization": f"Bearer {KEY.upper()}"}), 401)
         assert c.get("/info", headers=ok).json()["auth"] is True
         assert c.get("/healthz").status_code == 200  # open: for load balancers
         doc = c.get("/openapi.json").json()
@@ -49,8 +55,19 @@ def test_api_key_comes_from_the_environment(monkeypatch):
     args = build_parser("serve").parse_args(["serve", "--model", "m"])
     monkeypatch.delenv("CHITCHAT_API_KEY", raising=False)
     assert config_from_args(args).api_key is None
-    monkeypatch.setenv("CHITCHAT_API_KEY", "k")
-    assert config_from_args(args).api_key == "k"
+    monkeypatch.setenv("CHITCHAT_API_KEY", KEY)
+    assert config_from_args(args).api_key == KEY
+
+
+@pytest.mark.parametrize("key, problem", [("", "empty"), ("k", "1 characters"), ("s3cret-s3cret12", "15 characters")])
+def test_an_empty_or_short_key_is_refused_at_start(engine, monkeypatch, key, problem):
+    # issue 25, N5: an empty key served with no auth and no warning, and a 1-character key was taken
+    monkeypatch.setenv("CHITCHAT_API_KEY", key)
+    with pytest.raises(ChitchatError, match=problem):
+        config_from_args(build_parser("serve").parse_args(["serve", "--model", "m"]))
+    with pytest.raises(ChitchatError, match=problem):
+        create_app(engine, config(api_key=key))
+    assert create_app(engine, config(api_key="s3cret-s3cret123"))  # 16 characters: enough
 
 
 # -- the key, checked at start ----------------------------------------------------------------------
@@ -151,14 +168,14 @@ def test_session_creation_is_rate_limited_per_client(engine):
 
 def test_security_headers(engine):
     # issue 20, finding 4: no CSP, no frame protection, no nosniff, session data cacheable
-    with serve(engine, api_key="k") as c:
+    with serve(engine, api_key=KEY) as c:
         page = c.get("/")
         csp = page.headers["content-security-policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "http" not in csp
         script = re.search(r"<script>(.*?)</script>", page.text, re.S).group(1)
         digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
         assert f"script-src 'sha256-{digest}'" in csp and "unsafe-inline" not in csp
-        auth = {"Authorization": "Bearer k"}
+        auth = {"Authorization": f"Bearer {KEY}"}
         sid = c.post("/sessions", headers=auth).json()["id"]
         for r in (page, c.get(f"/sessions/{sid}", headers=auth), c.get("/healthz"), c.get("/nowhere"),
                   c.post(f"/sessions/{sid}/messages", json={"text": "你好"}, headers=auth)):
@@ -167,17 +184,35 @@ def test_security_headers(engine):
             assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
         for r in (c.get(f"/sessions/{sid}", headers=auth), c.post("/sessions", headers=auth)):
             assert r.headers["cache-control"] == "no-store"
-        # the API docs (Swagger UI from a CDN) are behind the key when one is set; ReDoc is gone
-        error_of(c.get("/docs"), 401)
-        assert c.get("/docs", headers=auth).status_code == 200
-        error_of(c.get("/redoc", headers=auth), 404)
+        error_of(c.get("/redoc", headers=auth), 404)  # ReDoc is off
+
+
+def test_docs_are_served_locally_under_a_strict_policy(engine):
+    # issue 25, N13: /docs was behind the key (a browser cannot send it to open a page), and loaded
+    # Swagger UI from a CDN under a policy with 'unsafe-inline'
+    with serve(engine, api_key=KEY) as c:
+        page = c.get("/docs")  # open, like /openapi.json: the key goes into Swagger UI's Authorize
+        assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+        csp = page.headers["content-security-policy"]
+        assert "unsafe" not in csp and "http" not in csp and "default-src 'none'" in csp
+        script = re.search(r"<script>(.*?)</script>", page.text, re.S).group(1)
+        assert base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() in csp
+        sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert sources and all(s.startswith("/docs/") for s in sources), sources  # nothing from elsewhere
+        for src in sources:
+            r = c.get(src)
+            assert r.status_code == 200 and len(r.content) > 1000, src
+        assert c.get("/docs/swagger-ui-bundle.js").headers["content-type"].startswith("text/javascript")
+        error_of(c.get("/docs/anything.js"), 401)  # only the page and its files are open
+        doc = c.get("/openapi.json").json()  # the bearer scheme: what makes the Authorize button
+        assert doc["openapi"].startswith("3.1") and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
 # -- what the server tells -------------------------------------------------------------------------
 
 def test_info_shows_paths_only_to_key_holders(engine, model_dirs):
-    with serve(engine, api_key="k") as c:
-        info = c.get("/info", headers={"Authorization": "Bearer k"}).json()
+    with serve(engine, api_key=KEY) as c:
+        info = c.get("/info", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert info["model"] == "models0/dialogue" and info["paths"]["model"] == str(model_dirs[0])
 
 

@@ -8,8 +8,8 @@ import json
 
 import httpx
 
-from chitchat.model.sampling import SamplingConfig
 from chitchat.serve.worker import ModelWorker
+from chitchat.engine.settings import ReplySettings
 
 from support import running_server
 from serve_helpers import USER, serve, Spy, error_of, wait_for, sse, one_candidate
@@ -41,7 +41,7 @@ def test_session_turn_with_settings_and_candidates(client):
     assert len(turn["history"]) == 4 and turn["ranking"] == "mmi" and len(turn["candidates"]) == 3
     turn = client.post(f"/sessions/{sid}/messages", json={"text": "好吧"}).json()
     assert len(turn["history"]) == 2  # the server's max_history_len, 3
-    for bad in ({"candidates": 0}, {"candidates": 9}, {"temperature": 0}, {"top_p": 2}, {"mmi": "yes"}, []):
+    for bad in ({"candidates": 0}, {"candidates": 9}, {"temperature": -1}, {"top_p": 2}, {"mmi": "yes"}, []):
         error_of(client.post(f"/sessions/{sid}/messages", json={"text": "嗯", "settings": bad}), 422)
 
 
@@ -93,7 +93,7 @@ def test_a_client_leaving_mid_stream_frees_its_place(model_dirs):
 def test_streaming_requests_share_decoding_steps_with_the_others(engine, monkeypatch):
     spy = Spy(engine, monkeypatch, hold=True)
     worker = ModelWorker(engine, window_ms=0, max_batch=8)
-    one = SamplingConfig(max_len=10, min_len=10, candidates=1)
+    one = ReplySettings(max_len=10, min_len=10, candidates=1)
 
     async def main():
         first = worker.submit(["一"], one)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from chitchat.errors import ChitchatError
 from chitchat.engine.replies import ReplyStep
-from chitchat.model.sampling import SamplingConfig
 from chitchat.serve.worker import ModelWorker, WorkerUnavailable
+from chitchat.engine.settings import ReplySettings
 
 from serve_helpers import serve, Spy, error_of, wait_for
 
@@ -27,9 +28,9 @@ class FakeEngine:
         self.delay = delay
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def replies_stream(self, histories, sampling, seed=None, mmi=True):
+    def replies_stream(self, histories, settings, generator=None):
         last = [h[-1] for h in histories]
-        self.calls.append((last, seed))
+        self.calls.append((last, [g.initial_seed() for g in generator] if generator else None))
         if "wait" in last:
             self.entered.set()
             assert self.gate.wait(10)
@@ -38,6 +39,9 @@ class FakeEngine:
             raise ChitchatError("bad history")
         yield ReplyStep(1, {})
         return [type("R", (), {"text": t.upper()})() for t in last]
+
+    def streams(self, settings) -> bool:
+        return settings.candidates == 1
 
 
 def run_worker(worker, engine, first: str, then: list, gap: float = 0.0):
@@ -58,20 +62,20 @@ def run_worker(worker, engine, first: str, then: list, gap: float = 0.0):
 
 
 def test_worker_batches_the_requests_that_wait_together():
-    engine, s, other = FakeEngine(), SamplingConfig(), SamplingConfig(max_len=3)
+    engine, s, other = FakeEngine(), ReplySettings(), ReplySettings(max_len=3)
     worker = ModelWorker(engine, window_ms=0, max_batch=8)
-    then = [([t], s) for t in "abcde"] + [(["f"], other), (["g"], s, 1), (["h"], s, 1), (["i"], s)]
+    then = [([t], s) for t in "abcde"] + [(["f"], other), (["g"], replace(s, seed=1)), (["h"], replace(s, seed=1)), (["i"], s)]
     results = run_worker(worker, engine, (["wait"], s), then)
     assert [r.text for r in results] == ["WAIT"] + list("ABCDEFGHI")
-    # queued while "wait" was answered: a batch of 8 (max_batch), in 4 engine calls (same sampling
-    # together, seeded ones alone), then "i"
-    assert engine.calls == [(["wait"], None), (list("abcde"), None), (["f"], None), (["g"], 1), (["h"], 1),
-                            (["i"], None)]
-    assert worker.largest_batch == 8 and worker.answered == 10 and worker.calls == 6
+    # queued while "wait" was answered: a batch of 8 (max_batch), in 2 engine calls (the same settings
+    # together, the seeded ones too, each with a generator of its own seed), then "i"
+    assert [last for last, _ in engine.calls] == [["wait"], list("abcdegh"), ["f"], ["i"]]
+    assert engine.calls[1][1][5:] == [1, 1]
+    assert worker.largest_batch == 8 and worker.answered == 10 and worker.calls == 4
 
 
 def test_worker_waits_for_as_many_requests_as_it_recently_had():
-    engine, s = FakeEngine(), SamplingConfig()
+    engine, s = FakeEngine(), ReplySettings()
     worker = ModelWorker(engine, window_ms=300, max_batch=8)
     t0 = time.monotonic()
     assert asyncio.run(worker.reply(["lone"], s)).text == "LONE"
@@ -87,15 +91,15 @@ def test_worker_waits_for_as_many_requests_as_it_recently_had():
 
     assert [r.text for r in asyncio.run(spaced())] == list("ABC")
     worker.stop()
-    assert engine.calls == [(["lone"], None), (list("abc"), None)]
+    assert [last for last, _ in engine.calls] == [["lone"], list("abc")]
 
 
 def test_one_failing_request_does_not_fail_its_batch():
-    engine, s = FakeEngine(), SamplingConfig()
+    engine, s = FakeEngine(), ReplySettings()
     worker = ModelWorker(engine, window_ms=0)
     _, ok, bad, fine = run_worker(worker, engine, (["wait"], s), [(["ok"], s), (["bad"], s), (["fine"], s)])
     assert ok.text == "OK" and fine.text == "FINE" and isinstance(bad, ChitchatError)
-    assert engine.calls[1] == (["ok", "bad", "fine"], None) and len(engine.calls) == 5  # then each alone
+    assert engine.calls[1][0] == ["ok", "bad", "fine"] and len(engine.calls) == 5  # then each alone
 
 
 def test_worker_stop_answers_every_queued_request():
@@ -103,11 +107,11 @@ def test_worker_stop_answers_every_queued_request():
     worker = ModelWorker(engine, window_ms=0, max_batch=1)
 
     async def main():
-        jobs = [asyncio.ensure_future(worker.reply([t], SamplingConfig())) for t in "abcde"]
+        jobs = [asyncio.ensure_future(worker.reply([t], ReplySettings())) for t in "abcde"]
         await asyncio.sleep(0.02)  # all queued, the first being answered
         await asyncio.to_thread(worker.stop)
         with pytest.raises(WorkerUnavailable):
-            await worker.reply(["late"], SamplingConfig())
+            await worker.reply(["late"], ReplySettings())
         return [j.result().text for j in jobs if j.done()]
 
     assert asyncio.run(main()) == list("ABCDE")

@@ -145,7 +145,9 @@ def test_chat_page(driver, model_dirs):
         assert len(rows) == 3 and all(r.is_displayed() for r in rows)
         for row in rows:
             cells = [c.text for c in row.find_elements("css selector", "td")]
-            assert float(cells[2]) > 0 and float(cells[3]) > 0  # nll and MMI, as /candidates shows them
+            assert cells[2] == "sampled" and float(cells[3]) > 0 and float(cells[4]) > 0  # likelihood and MMI
+        heads = [h.text for h in view.find_elements("css selector", "thead th")]
+        assert heads[2:] == ["source", "likelihood", "mmi"]  # as /candidates shows them
         chosen = view.find_element("css selector", "tr.chosen").find_elements("css selector", "td")[1].text
         assert chosen.removesuffix(" …") == reply.find_element("css selector", ".text").text  # …: cut at max_len
         assert not csp_violations(driver)  # the page, its script and its style run under the server's CSP
@@ -182,3 +184,28 @@ def test_the_page_asks_for_the_api_key(driver, model_dirs):
         assert replies_done(driver, 1)[0].text.strip()
         assert css(driver, "#model")[0].text.startswith("models0/dialogue + MMI")  # a name, not a path
         assert not csp_violations(driver)  # the page runs under its Content-Security-Policy
+
+
+def test_the_api_docs_work_with_a_key(driver, model_dirs):
+    # issue 25, N13: /docs could not be opened on a keyed server, and loaded Swagger UI from a CDN
+    from selenium.webdriver.common.by import By
+
+    secret = "docs-key-0123456789"
+    with running_server(model_dirs, "--max-len", "4", "--threads", "1", env={"CHITCHAT_API_KEY": secret}) as server:
+        driver.get_log("browser")
+        driver.get(server.url + "/docs")
+        wait(driver, lambda d: css(d, ".btn.authorize") and css(d, "#operations-default-info_info_get"), "Swagger UI")
+        css(driver, ".btn.authorize")[0].click()  # the key into Authorize: sent with every request after
+        wait(driver, lambda d: css(d, ".auth-container input"), "the Authorize dialog")[0].send_keys(secret)
+        css(driver, ".auth-btn-wrapper .authorize")[0].click()
+        css(driver, ".btn-done")[0].click()
+        for operation, status in (("info_info_get", "200"), ("create_session_sessions_post", "201")):
+            block = driver.find_element(By.ID, f"operations-default-{operation}")
+            block.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+            wait(driver, lambda d: block.find_elements(By.CSS_SELECTOR, ".try-out__btn"), "Try it out")[0].click()
+            block.find_element(By.CSS_SELECTOR, ".execute").click()
+            cells = ".live-responses-table .response-col_status"
+            wait(driver, lambda d: [c for c in block.find_elements(By.CSS_SELECTOR, cells) if c.text == status],
+                 f"{operation}: {status}")
+        assert not csp_violations(driver)  # Swagger UI runs under the page's strict policy
+    assert "Traceback" not in server.stderr

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
 
 from chitchat.engine.engine import Engine
-from chitchat.model.sampling import SamplingConfig
 from chitchat.serve.worker import ModelWorker
+from chitchat.engine.settings import ReplySettings
 
 HISTORY = ["你好", "今天过得怎么样"]
-MMI5 = SamplingConfig(candidates=5, min_len=3, max_len=6)
+MMI5 = ReplySettings(candidates=5, min_len=3, max_len=6)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,10 @@ def count_mmi_calls(engine, monkeypatch) -> list[tuple[str, int]]:
     return calls
 
 
-def ask_together(worker: ModelWorker, n: int, sampling: SamplingConfig = MMI5, seed: int | None = None):
+def ask_together(worker: ModelWorker, n: int, settings: ReplySettings = MMI5, seed: int | None = None):
     """`n` requests queued at the same moment (the worker waits for as many as it recently had)."""
     async def main():
-        jobs = [worker.submit(HISTORY, sampling, seed) for _ in range(n)]
+        jobs = [worker.submit(HISTORY, replace(settings, seed=seed)) for _ in range(n)]
         return await asyncio.gather(*(j.future for j in jobs))
 
     worker.recent = n
@@ -64,7 +65,7 @@ def test_concurrent_mmi5_requests_share_one_call_per_lane_and_one_mmi_scoring_ea
     assert torch.get_num_threads() == threads  # the lanes' one-thread setting does not outlast them
     for r in replies:
         assert r.ranking == "mmi" and len(r.candidates) == 5 and r.text
-        assert all(c.mmi is not None for c in r.candidates if not c.empty)
+        assert all("mmi" in c.scores for c in r.candidates if not c.empty)
 
 
 def test_small_and_seeded_groups_are_not_split(lane_engine, monkeypatch):
@@ -75,19 +76,37 @@ def test_small_and_seeded_groups_are_not_split(lane_engine, monkeypatch):
     worker = ModelWorker(lane_engine, window_ms=0, lanes=2, lane_rows=1)
     one = ask_together(worker, 1, seed=7)[0]
     assert (worker.calls, worker.split) == (1, 0)
-    assert one.text == lane_engine.reply(HISTORY, MMI5, seed=7).text  # its seed alone decides it
+    assert one.text == lane_engine.reply(HISTORY, replace(MMI5, seed=7)).text  # its seed alone decides it
+
+
+def test_requests_with_their_own_seeds_share_one_call_and_get_their_seeds_replies(lane_engine):
+    """Issue 25, N7: seeded requests batch together; each still gets the reply its seed gives alone."""
+    worker = ModelWorker(lane_engine, window_ms=5000, max_batch=8, lanes=1)
+    histories = [HISTORY, ["我们去吃火锅吧", "好啊", "几点出发"]] * 4
+
+    async def main():
+        jobs = [worker.submit(h, replace(MMI5, seed=i)) for i, h in enumerate(histories)]
+        return await asyncio.gather(*(j.future for j in jobs))
+
+    worker.recent = len(histories)
+    try:
+        replies = asyncio.run(main())
+    finally:
+        worker.stop()
+    assert worker.calls == 1 and worker.answered == 8
+    assert [r.text for r in replies] == [lane_engine.reply(h, replace(MMI5, seed=i)).text for i, h in enumerate(histories)]
 
 
 def test_engine_calls_on_two_threads_at_once_give_the_replies_of_calls_one_after_another(lane_engine):
     """Lanes share the models and borrow their own buffers (key/value cache, MMI logits)."""
     histories = [HISTORY, ["我们去吃火锅吧", "好啊", "几点出发"]]
-    alone = [lane_engine.reply(h, MMI5, seed=i) for i, h in enumerate(histories)]
+    alone = [lane_engine.reply(h, replace(MMI5, seed=i)) for i, h in enumerate(histories)]
     lane = lane_engine.with_threads(None)
     together: list = [None, None]
 
     def run(i):
         torch.set_num_threads(1)
-        together[i] = lane.reply(histories[i], MMI5, seed=i)
+        together[i] = lane.reply(histories[i], replace(MMI5, seed=i))
 
     threads = torch.get_num_threads()
     workers = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -98,4 +117,4 @@ def test_engine_calls_on_two_threads_at_once_give_the_replies_of_calls_one_after
     torch.set_num_threads(threads)
     for a, b in zip(alone, together):
         assert a.text == b.text and [c.text for c in a.candidates] == [c.text for c in b.candidates]
-        assert [c.mmi for c in a.candidates] == pytest.approx([c.mmi for c in b.candidates], rel=1e-4)
+        assert [c.scores["mmi"] for c in a.candidates] == pytest.approx([c.scores["mmi"] for c in b.candidates], rel=1e-4)

@@ -7,7 +7,7 @@ import pytest
 
 from chitchat.tokens.dataset import FORMAT_VERSION, load_dataset, new_dataset_dir, read_manifest
 from chitchat.errors import ChitchatError
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 from chitchat.tokens.preprocess import PreprocessConfig, preprocess
 from chitchat.tokens.tokenizer import CLS, SEP, UNK, read_vocab, vocab_hash
 from support import VOCAB, encode, write_jsonl

@@ -2,13 +2,15 @@
 
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from chitchat.cli import main
 from chitchat.errors import ChitchatError
-from chitchat.corpus.normalize import normalize
-from chitchat.tokens.tokenizer import (MAX_VOCAB, SPACE, SPECIAL_TOKENS, build_tokenizer, check_tokenizer, load_tokenizer,
+from chitchat.tokens.normalize import normalize
+import chitchat.tokens.tokenizer as tokenizer_module
+from chitchat.tokens.tokenizer import (DEFAULT_VOCAB, MAX_VOCAB, SPACE, SPECIAL_TOKENS, build_tokenizer, check_tokenizer, load_tokenizer,
                                 read_vocab, tokenizer_tokens)
 from support import PYTHON, VOCAB
 
@@ -39,6 +41,15 @@ def test_vocab_command_is_deterministic_and_reproduces_the_committed_vocab(tmp_p
     assert a.read_bytes() == VOCAB.read_bytes(), (
         "vocab/vocab.txt is no longer what `chitchat vocab chatterbot:chinese corpus` builds; "
         "a changed vocabulary invalidates every dataset and model made with the old one")
+
+
+def test_the_package_ships_the_default_vocabulary():
+    """An installed chitchat reads its copy in the package (package data in pyproject.toml): the same bytes
+    as the checkout's vocab/vocab.txt."""
+    assert DEFAULT_VOCAB.parent == Path(tokenizer_module.__file__).parent and DEFAULT_VOCAB != VOCAB
+    assert DEFAULT_VOCAB.read_bytes() == VOCAB.read_bytes(), (
+        "chitchat/tokens/default_vocab.txt differs from vocab/vocab.txt: copy vocab/vocab.txt over it")
+    assert f'"chitchat.tokens" = ["{DEFAULT_VOCAB.name}"]' in (VOCAB.parents[1] / "pyproject.toml").read_text(encoding="utf-8")
 
 
 def test_vocab_size_limit(tmp_path):

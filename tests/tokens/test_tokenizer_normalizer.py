@@ -1,4 +1,4 @@
-"""The saved tokenizer normalises raw text as `chitchat.corpus.normalize` does: a user who loads a model
+"""The saved tokenizer normalises raw text as `chitchat.tokens.normalize` does: a user who loads a model
 with `AutoTokenizer` alone feeds it the ids it was trained on. Old tokenizers (no normaliser) keep
 their ids, and `upgrade_tokenizer` gives them the normaliser without changing any id."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from chitchat.errors import ChitchatError
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 from chitchat.tokens.preprocess import encode_utterances
 from chitchat.corpus.readers import ReadStats, read_corpus
 from chitchat.tokens.tokenizer import (SPACE, build_tokenizer, load_tokenizer, plain_encoder, read_vocab, tokenizer_tokens,

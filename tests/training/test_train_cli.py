@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chitchat.cli import build_parser
 from chitchat.training.config import RUN_CONFIG, TrainConfig
-from chitchat.training.cli import config_from_args
+from chitchat.commands.train import config_from_args
 
 
 def parse(*argv: str):

@@ -1,5 +1,11 @@
 """Text normalisation, used identically at preprocessing and at chat time.
 
+It lives in `tokens/` because it is the first step of turning text into token ids: the tokenizer
+saves these rules in every tokenizer.json, and each of its users (preprocess, vocab, the engine,
+chat, eval, serve) is at or above `tokens` in the flow. The corpus readers do not use it: they
+yield utterances as the files hold them (their skip counts and messages describe the raw
+records), and each user normalises what it reads.
+
 Choices (documented in docs/corpora.md):
 - full-width ASCII forms (U+FF01..U+FF5E) and the ideographic space become their half-width forms,
   so "，" and "," are one character; CJK punctuation with no half-width twin ("。", "、") stays;

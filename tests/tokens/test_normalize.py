@@ -3,7 +3,7 @@ import unicodedata
 
 import pytest
 
-from chitchat.corpus.normalize import normalize
+from chitchat.tokens.normalize import normalize
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -1,9 +1,9 @@
 """Fit a GPT-2 dialogue model on a preprocessed dataset (with --mmi: the reverse MMI model).
 
-`chitchat train`: the flags are TrainConfig's fields (chitchat.training.config), plus --config JSON
-(GPT2Config fields overriding the preset) and --quiet. With --resume, a flag not given keeps the run's
-own value (train_config.json), not the default shown. What a run directory holds:
-chitchat.training.trainer.
+`chitchat train`, the command line over `chitchat.training.trainer.train`: the flags are TrainConfig's
+fields (chitchat.training.config), plus --config JSON (GPT2Config fields overriding the preset) and
+--quiet. With --resume, a flag not given keeps the run's own value (train_config.json), not the
+default shown. What a run directory holds: chitchat.training.trainer.
 """
 
 from __future__ import annotations

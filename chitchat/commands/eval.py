@@ -1,13 +1,13 @@
-"""`chitchat eval`: the command line over `chitchat.eval.evaluate.evaluate`."""
+"""`chitchat eval`: score models on dialogues and on response selection (chitchat.eval.evaluate)."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
-from chitchat.engine.options import (add_engine_arguments, add_ranking_arguments, add_sampling_arguments,
-                                     engine_options_from_args, ranking_from_args, sampling_from_args)
+from chitchat.engine.options import add_model_argument
 from chitchat.errors import ChitchatError
-from chitchat.eval.cases import EvalConfig
+from chitchat.eval.cases import DEFAULT_SEED, EvalConfig
 from chitchat.eval.evaluate import evaluate
 from chitchat.eval.report import tables
 from chitchat.model.default import ensure_default_model
@@ -15,10 +15,8 @@ from chitchat.options import add_options, options_from_args
 
 
 def add_arguments(p) -> None:
-    add_engine_arguments(p, skip=("no_mmi",), several_models=True)
-    add_options(p, EvalConfig)
-    add_sampling_arguments(p)
-    add_ranking_arguments(p)
+    add_model_argument(p, several=True)
+    add_options(p, EvalConfig, skip=("engine.model", "engine.no_mmi"), defaults={"settings": {"seed": DEFAULT_SEED}})
 
 
 def run(args) -> int:
@@ -26,14 +24,12 @@ def run(args) -> int:
         raise ChitchatError("--limit must be at least 1")
     if args.batch_size < 1:
         raise ChitchatError("--batch-size must be at least 1")
-    engine = engine_options_from_args(args)
-    models, mmi_model = args.model, engine.mmi_model
-    if not models:
+    cfg = options_from_args(EvalConfig, args, models=args.model or [])
+    cfg.engine = replace(cfg.engine, model=None)  # --model is the list above
+    cfg.settings = cfg.settings.validate()
+    if not cfg.models:
         dialogue, default_mmi = ensure_default_model(say=lambda text: print(text, file=sys.stderr))
-        models, mmi_model = [dialogue], mmi_model or default_mmi
-    cfg = options_from_args(EvalConfig, args, models=models, mmi_model=mmi_model, sampling=sampling_from_args(args),
-                            ranking=ranking_from_args(args),
-                            int8=engine.int8, device=engine.device, threads=engine.threads)
+        cfg.models, cfg.engine = [dialogue], replace(cfg.engine, mmi_model=cfg.engine.mmi_model or default_mmi)
     report, timing = evaluate(cfg)
     skipped = report["skipped"]
     if cfg.data:
