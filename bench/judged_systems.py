@@ -44,7 +44,11 @@ def main() -> int:
                    help="cases from CPED valid, LCCC toy valid and the Xiaoai holdout")
     p.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--index", help="the response index (default: the model's, models/default/index)")
+    p.add_argument("--selector", help="the selector (default: the model's, models/default/selector.json)")
+    p.add_argument("--no-sheet", action="store_true", help="only the replies")
     args = p.parse_args()
+    extra = [*(["--index", args.index] if args.index else []), *(["--selector", args.selector] if args.selector else [])]
     data = {"cped_valid": SHARED / "open" / "cped_valid.jsonl", "lccc_valid": SHARED / "lccc_toy" / "valid.json",
             "xiaoai_holdout": args.xiaoai}
     cases = []
@@ -53,10 +57,12 @@ def main() -> int:
             out = args.out / name / label
             cmd = [sys.executable, "-m", "chitchat", "eval", "--data", str(path), "--last-turn-only", "--limit",
                    str(limit), "--negatives", "0", "--seed", str(args.seed), "--no-progress", "--output", str(out),
-                   *SYSTEMS[name]]
+                   *SYSTEMS[name], *(extra if name != "shipped" else [])]
             print("$ chitchat " + " ".join(cmd[3:]), file=sys.stderr)
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             cases += ["--cases", f"{name}={out / 'cases.jsonl'}"]
+    if args.no_sheet:
+        return 0
     sheet = [sys.executable, "-m", "chitchat", "judge", "sheet", *cases, "--judges", "2", "--seed", str(args.seed),
              "--output", str(args.out / "sheet")]
     print("$ chitchat " + " ".join(sheet[3:]), file=sys.stderr)

@@ -37,6 +37,15 @@ def batched_nll(model, sequences: list[list[int]], starts: list[int], pad_id: in
     return out
 
 
+def nll_of(model, sequences: list[list[int]], starts: list[int], pad_id: int) -> list[float]:
+    """`sequence_nll` of the sequences: a chat turn's or a server batch's (up to SEQUENCES_PER_CALL) in
+    one call in their order, as they always were; more (eval, training the selector) sorted by length
+    first, so that a batch is padded to its own longest sequence, not to the longest of all."""
+    if len(sequences) <= SEQUENCES_PER_CALL:
+        return model.sequence_nll(sequences, starts, pad_id).tolist()
+    return batched_nll(model, sequences, starts, pad_id)
+
+
 def _reply_ids(engine, cand) -> list[int]:
     return [*cand.ids, *([engine.sep_id] if cand.finished else [])]
 
@@ -80,8 +89,8 @@ def score_mmi(engine, groups: list[Group]) -> None:
             owners.append(owner)
     if not sequences:
         return
-    with torch_threads(engine.threads):  # in the given order, one call: the same batches, the same numbers
-        nll = engine.mmi.sequence_nll(sequences, starts, engine.pad_id).tolist()
+    with torch_threads(engine.threads):
+        nll = nll_of(engine.mmi, sequences, starts, engine.pad_id)
     for owner, value in zip(owners, nll):
         for cand in owner:
             cand.scores["mmi"] = value
@@ -98,7 +107,7 @@ def score_pmi(engine, groups: list[Group]) -> None:
     if not sequences:
         return
     with torch_threads(engine.threads):
-        nll = engine.fast.sequence_nll(sequences, [1] * len(sequences), engine.pad_id).tolist()
+        nll = nll_of(engine.fast, sequences, [1] * len(sequences), engine.pad_id)
     for owner, empty in zip(same.values(), nll):
         for cand in owner:
             cand.scores["pmi"] = cand.scores["likelihood"] - empty

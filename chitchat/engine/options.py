@@ -75,10 +75,16 @@ def load_engine(opts: EngineOptions, say: Callable[[str], None]) -> Engine:
         model, default_mmi = ensure_default_model(say=say)
         if not opts.no_mmi and mmi is None:
             mmi = default_mmi
-    selector = opts.selector or (Path(model).parent / "selector.json")
     return Engine.load(model, mmi, int8=opts.int8, device=opts.device, threads=opts.threads,
-                       index_dir=index_dir(opts, model),
-                       selector=selector if opts.selector or Path(selector).is_file() else None)
+                       index_dir=index_dir(opts, model), selector=selector_file(opts, model))
+
+
+def selector_file(opts: EngineOptions, model: str) -> Path | None:
+    """The selector `opts` names, else the `selector.json` beside the model's directory, else None."""
+    if opts.selector is not None:
+        return Path(opts.selector)
+    near = Path(model).parent / "selector.json"
+    return near if near.is_file() else None
 
 
 def index_dir(opts: EngineOptions, model: str) -> Path | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from chitchat.corpus.readers import ReadStats, expand_inputs
 from chitchat.engine.engine import Engine
+from chitchat.engine.options import index_dir, selector_file
 from chitchat.engine.ranking import LIKELIHOOD, choose
 from chitchat.errors import ChitchatError
 from chitchat.eval.cases import (DEFAULT_MAX_HISTORY, Case, EvalConfig, build_cases, cases_from, eval_settings,
@@ -170,7 +171,8 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, dict]:
                                 f"(skipped {dict(sel_skipped)})")
     opts = cfg.engine
     mmi_model = None if opts.no_mmi else opts.mmi_model
-    engines = [Engine.load(m, mmi_model, int8=opts.int8, device=opts.device, threads=opts.threads) for m in cfg.models]
+    engines = [Engine.load(m, mmi_model, int8=opts.int8, device=opts.device, threads=opts.threads,
+                           index_dir=index_dir(opts, m), selector=selector_file(opts, m)) for m in cfg.models]
     chat = engines[0].ranking_for(cfg.settings.ranking)
     cases = _usable_cases(cases, engines, skipped)
     if cfg.data and not cases:
