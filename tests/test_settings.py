@@ -25,7 +25,7 @@ BAD = [
     ("top_k", "-3", -3, "top_k -3 must be in [0, 100000]"),
     ("repetition_penalty", "0.5", 0.5, "repetition_penalty 0.5 must be in [1, inf]"),
     ("max_history_len", "0", 0, "max_history_len 0 must be in [1, 1000]"),
-    ("ranking", "bleu", "bleu", "ranking 'bleu': unknown scoring 'bleu' (scorings: likelihood, mmi, pmi, selector)"),
+    ("ranking", "bleu", "bleu", "ranking 'bleu': unknown scoring 'bleu' (scorings: likelihood, mmi, pmi, retrieval, selector)"),
 ]
 
 

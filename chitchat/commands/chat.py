@@ -48,12 +48,12 @@ def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     session = Session(engine, settings)
     engine.context_budget(settings.max_len)
     used = str(engine.ranking_for(settings.ranking))
-    if used != settings.ranking:
-        what = "the dialogue model's own likelihood" if used == "likelihood" else used
+    what = "the dialogue model's own likelihood" if used == "likelihood" else used
+    if settings.retrieved and engine.index_path is None:  # one line: chats as before the index
+        say(f"no response index for this model: every candidate is sampled, ranked by {what} (--index DIR gives one)")
+    elif used != settings.ranking:
         say(f"{'no MMI model' if engine.mmi is None else 'this model cannot compute all of the ranking'}: "
             f"candidates are ranked by {what}")
-    if settings.retrieved and engine.index_path is None:
-        say("no response index for this model: every candidate is sampled (--index DIR gives one)")
     transcript = opts.transcript or default_transcript_path()
     repl = Repl(session, terminal_emitter() if interactive else stream_emitter(stdout), transcript)
     try:

@@ -18,12 +18,15 @@ import math
 import re
 from dataclasses import dataclass
 
-from chitchat.engine import builtin_scorings, selector  # noqa: F401  (register likelihood, mmi, pmi, selector)
+from chitchat.engine import builtin_scorings, retrieved, selector  # noqa: F401  (register the built-in scorings)
 from chitchat.engine.scoring import SCORINGS, available
 from chitchat.errors import ChitchatError
 
-# the chat's default, chosen by bench/ranking_sweep.py on CPED valid (models/default/RANKING_SWEEP.md)
-DEFAULT_RANKING = "mmi"
+# the chat's default: a retrieved reply before any sampled one (a sampled candidate has no retrieval
+# score), by the index's similarity plus MMI; with no index, MMI (chosen by bench/ranking_sweep.py on
+# CPED valid, models/default/RANKING_SWEEP.md). With the default one retrieved candidate that is the
+# index's first choice, judged far more often sensible than any sampled reply (models/default/README.md).
+DEFAULT_RANKING = "retrieval+mmi"
 SYNTAX = "a scoring (likelihood, mmi, pmi, ...) or a sum of weighted ones such as mmi+0.5*pmi"
 
 _TERM = re.compile(r"^(?:(?P<w>(?:\d+(?:\.\d*)?|\.\d+)(?:e-?\d+)?)\s*\*?\s*)?(?P<name>[a-z]+)$")

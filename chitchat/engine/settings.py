@@ -67,7 +67,7 @@ class ReplySettings:
     # candidates per source
     candidates: int = setting(5, low=0, high=256, names=("sampled",), metavar="N",
                               help="replies sampled per turn, then ranked with the other sources' (--ranking)")
-    retrieved: int = setting(0, low=0, high=256, metavar="N",
+    retrieved: int = setting(1, low=0, high=256, metavar="N",
                              help="replies retrieved per turn from the model's response index (0: none; "
                                   "without an index: none)")
     # ranking and context

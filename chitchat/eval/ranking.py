@@ -37,8 +37,12 @@ def label(name: str, chat: Ranking | None = None) -> str:
 
 
 def values(name: str, candidates: list, chat: Ranking) -> list[float]:
-    """Each candidate's score under scoring `name` (lower is better; NaN when missing)."""
+    """Each candidate's score under scoring `name` (lower is better; NaN when missing). The chat's
+    ranking leaves out the terms none of the candidates has a score for (given replies have no
+    retrieval score: the chat then ranks by the rest of its ranking)."""
     if name == CHAT:
+        had = tuple(t for t in chat.terms if any(math.isfinite(c.scores.get(t[1], math.nan)) for c in candidates))
+        chat = Ranking(had) if had else chat
         return [chat.score(c) for c in candidates]
     return [c.scores.get(name, math.nan) for c in candidates]
 

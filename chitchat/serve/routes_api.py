@@ -89,7 +89,7 @@ def chat_changes(base: ReplySettings, req) -> dict:
     greedy = req.top_p == 0
     return {"temperature": 0.0 if greedy else req.temperature, "top_p": None if greedy else req.top_p, "max_len": max_len,
             "min_len": min(base.min_len, max_len) if max_len else None,
-            "candidates": base.candidates + max(0, req.n - base.total_candidates()), "seed": req.seed}
+            "candidates": max(req.n, base.candidates), "seed": req.seed}  # n sampled at least: an index may give none
 
 
 async def _live_sse(job, prompt_tokens: int, include_usage: bool):

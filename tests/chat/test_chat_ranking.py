@@ -35,7 +35,7 @@ def test_set_ranking_rejects_bad_values_and_says_when_mmi_is_unavailable(engine,
             session.set("ranking", bad)
     assert session.settings.ranking == DEFAULT_RANKING
     assert session.set("mmi", "off") == "ranking likelihood"  # MMI off is a ranking
-    assert session.set("mmi", "on") == f"ranking {DEFAULT_RANKING}"
+    assert session.set("mmi", "on").startswith(f"ranking {DEFAULT_RANKING}")  # with no index: ranked by mmi
     no_mmi = Session(Engine.load(model_dirs[0]))
     assert no_mmi.set("ranking", "mmi+pmi") == \
         "ranking mmi+pmi, but this model cannot compute all of it: candidates are ranked by pmi"

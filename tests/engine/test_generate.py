@@ -270,7 +270,7 @@ def test_candidate_nll_is_the_dialogue_models_likelihood(engine, models, tokeniz
 
 def test_sampling_config_validation():
     for bad in (dict(temperature=-1), dict(top_p=1.5), dict(repetition_penalty=0.5), dict(max_len=0),
-                dict(min_len=5, max_len=4), dict(candidates=0), dict(top_k=-1)):
+                dict(min_len=5, max_len=4), dict(candidates=0, retrieved=0), dict(top_k=-1)):
         with pytest.raises(ChitchatError):
             ReplySettings(**bad).validate()
 

@@ -32,7 +32,7 @@ def indexed(model_dirs, tmp_path_factory):
 def test_retrieved_candidates_join_the_sampled_ones(model_dirs, indexed):
     engine = Engine.load(*model_dirs, index_dir=indexed)
     history = ["你好", "你好,最近怎么样"]
-    plain = engine.reply(history, ReplySettings(candidates=3, max_len=8, seed=2))
+    plain = engine.reply(history, ReplySettings(candidates=3, retrieved=0, max_len=8, seed=2))
     assert [c.source for c in plain.candidates] == ["sampled"] * 3  # 0 retrieved: as before
     both = engine.reply(history, ReplySettings(candidates=3, retrieved=4, max_len=8, seed=2))
     sources = [c.source for c in both.candidates]
