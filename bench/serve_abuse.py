@@ -12,7 +12,8 @@ loopback address (Linux routes all of 127/8 to lo):
 4. the fairness scenarios of issue 25 (bench/abuse_fairness.py): N1 1,000 creations with forged
    X-Forwarded-For, N2 20 creations from each of 52 addresses (each with an honest client's share of
    successful creations and turns meanwhile), N7 32 seeded requests (engine calls), N6 32 heavy
-   requests whose clients left (an honest request's latency ratio);
+   requests whose clients left (an honest request's latency ratio; the median of `--n6-bursts`, and
+   with `--n6-model` the same on a server of that model, e.g. the shipped one);
 5. `--idle` idle connections, 10 that trickle a header byte a second and 10 that send headers and
    then never the whole body, held for up to `--hold` seconds: when the server closed each, and
    /healthz's latency meanwhile; at the same time N4, 200 pipelined requests never read;
@@ -33,6 +34,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,6 +174,17 @@ async def hold_and_unread(port: int, url: str, args) -> tuple[dict, float | None
     return await asyncio.gather(hold_connections(port, args.idle, args.hold, url), fair.unread_pipeline(port, bound))
 
 
+def bursts(port: int, url: str, n: int) -> dict:
+    """N6 `n` times: the median idle and burst latencies and ratio, and every ratio."""
+    runs = [asyncio.run(fair.abandoned_burst(port, url)) for _ in range(n)]
+    ratios = [r["latency_ratio"] for r in runs]
+    def median(key):  # None when a burst failed (its honest request got no reply)
+        values = [r[key] for r in runs]
+        return None if None in values else statistics.median(values)
+    return {"idle_ms": median("idle_ms"), "burst_ms": median("burst_ms"), "latency_ratio": median("latency_ratio"),
+            "latency_ratios": ratios}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=1000, help="session creations in the flood")
@@ -179,11 +192,15 @@ def main() -> int:
     ap.add_argument("--hold", type=float, default=35.0,
                     help="seconds the slow connections are held at most (past the 30 s body timeout)")
     ap.add_argument("--reconnect-s", type=float, default=25.0, help="seconds of N3's reconnecting sockets")
+    ap.add_argument("--n6-bursts", type=int, default=5, help="N6 bursts (the median ratio is reported)")
+    ap.add_argument("--n6-model", help="also run N6 on a server of this model directory (dialogue/ and mmi/ "
+                                       "in it, e.g. models/default): n6_model_* keys")
     ap.add_argument("serve_args", nargs="*", help="more `chitchat serve` flags (after --)")
     args = ap.parse_args()
     if not (1 <= args.sessions <= 100_000 and 0 <= args.idle <= 1000 and 0 < args.hold <= 600
-            and 0 < args.reconnect_s <= 600):
-        ap.error("bounded: --sessions 1..100000, --idle 0..1000, --hold and --reconnect-s up to 600 s")
+            and 0 < args.reconnect_s <= 600 and 1 <= args.n6_bursts <= 20):
+        ap.error("bounded: --sessions 1..100000, --idle 0..1000, --hold and --reconnect-s up to 600 s, "
+                 "--n6-bursts 1..20")
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(DEFAULT_VOCAB)
@@ -205,13 +222,17 @@ def main() -> int:
             n1 = asyncio.run(fair.forwarded_flood(url))
             n2 = asyncio.run(fair.address_flood(url))
             n7 = asyncio.run(fair.seeded_burst(url))
-            n6 = asyncio.run(fair.abandoned_burst(port, url))
+            n6 = bursts(port, url, args.n6_bursts)
             held, n4 = asyncio.run(hold_and_unread(port, url, args))
             after = victim_http.get(f"{url}/sessions/{victim}")
             survived = after.status_code == 200 and after.json()["history"] == history
             rss_end = rss_mb(proc.pid)
         with serving(tmp, log, "--max-connections", "16", *args.serve_args) as (url, port, _):
             n3 = asyncio.run(fair.reconnect_flood(port, url, seconds=args.reconnect_s))
+        n6_model = {}
+        if args.n6_model:
+            with serving(args.n6_model, log, *args.serve_args) as (url, port, _):
+                n6_model = {f"n6_model_{k}": v for k, v in bursts(port, url, args.n6_bursts).items()}
         log.seek(0)
         stderr = log.read()
     result = {
@@ -224,7 +245,7 @@ def main() -> int:
         "n2_flood_statuses": n2["statuses"], "n2_honest_ok": n2["honest_ok"],
         "n3_healthz_ok": n3["healthz_ok"], "n3_healthz_tries": n3["healthz_tries"], "n3_reconnects": n3["reconnects"],
         "n4_lifetime_s": n4, "n4_write_timeout_s": flag_value(args.serve_args, "--write-timeout", 10.0),
-        "n6_idle_ms": n6["idle_ms"], "n6_burst_ms": n6["burst_ms"], "n6_latency_ratio": n6["latency_ratio"],
+        **{f"n6_{k}": v for k, v in n6.items()}, **n6_model,
         "n7_engine_calls": n7["engine_calls"], "n7_ok": n7["ok"],
         "rss_mb_start": rss_start, "rss_mb_end": rss_end,
         "log_lines": len(stderr.splitlines()), "log_tracebacks": stderr.count("Traceback"),

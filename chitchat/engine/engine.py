@@ -40,18 +40,22 @@ from chitchat.engine.ranking import Ranking, choose, parse_ranking
 from chitchat.engine.replies import Candidate, Reply, ReplyStep, Steps, run_to_end
 from chitchat.engine.retrieved import RetrievalSource
 from chitchat.engine.sampler import Generators, Sampler, seed_generator
-from chitchat.engine.scoring import Group, score_groups
+from chitchat.engine.scoring import Group, score_groups, score_parts
 from chitchat.engine.selector import Selector
 from chitchat.engine.settings import ReplySettings
 from chitchat.engine.sources import CandidateSource
 from chitchat.errors import ChitchatError
 from chitchat.model.gpt2 import load_model, resolve_model_dir
-from chitchat.tokens.tokenizer import CLS, PAD, SEP, SPACE, UNK, tokenizer_tokens
+from chitchat.tokens.tokenizer import CLS, PAD, SEP, SPACE, UNK, text_encoder, tokenizer_tokens
 
 MAX_RESAMPLE = 3  # rounds of sampling when every candidate came out empty
-# context tokens read per prefill call: a larger batch is read in parts, with a pause between them in
+# context tokens read per prefill call: a larger batch is read in parts, with a pause before each in
 # which the caller may give histories up (a server's clients that left), so one never waits long
-PREFILL_TOKENS = 1024
+PREFILL_TOKENS = 256
+SCORE_TOKENS = 256  # tokens of candidates scored per part, for the same reason
+# characters read per token wanted from a long text, and more to spare: the project's tokenizer makes
+# a token of each character (one from elsewhere may make fewer: then all of the text is read)
+PREFIX_CHARS, PREFIX_SPARE = 1, 32
 
 
 class Engine:
@@ -66,6 +70,7 @@ class Engine:
         many times slower. With the CPU to itself, more threads make a reply faster (bench/chat.py
         runs one thread per core and measures by how much)."""
         self.tokenizer = tokenizer
+        self.encoder = text_encoder(tokenizer)  # for text `normalize` has made canonical
         self.threads = threads
         self.sources = list(sources)  # candidate sources besides sampling (chitchat.engine.sources)
         self.index_path: str | None = None  # the response index behind the source "retrieved", if any
@@ -130,12 +135,28 @@ class Engine:
     def decode(self, ids: list[int]) -> str:
         return "".join(self.vocab[i] for i in ids if i < len(self.vocab)).strip()
 
-    def encode(self, text: str) -> list[int]:
-        """Normalised text -> token ids (characters missing from the vocabulary become [UNK])."""
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """Normalised text -> token ids (characters missing from the vocabulary become [UNK]). With
+        `limit`, the first `limit` of them (exactly those of the whole text), read from a beginning of
+        a long text: a long message costs what the context can hold, not its length."""
         text = normalize(text)
         if not text:
             return []
-        return self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        if limit is not None and len(text) > PREFIX_CHARS * limit + PREFIX_SPARE:
+            enc = self._encoding(text[:PREFIX_CHARS * limit + PREFIX_SPARE])
+            ids, words = enc.ids, enc.word_ids
+            whole = len(ids)
+            while whole and words[whole - 1] == words[-1]:  # the last word may be cut short: left out
+                whole -= 1
+            if whole >= limit:
+                return ids[:limit]
+        ids = self._encoding(text).ids
+        return ids if limit is None else ids[:limit]
+
+    def _encoding(self, text: str):
+        # encode_batch lets go of the GIL while it works (encode does not): the server's event loop
+        # runs while its worker tokenises
+        return self.encoder.encode_batch([text], add_special_tokens=False)[0]
 
     @property
     def n_positions(self) -> int:
@@ -183,7 +204,7 @@ class Engine:
                         settings: ReplySettings | None = None, *, generator: torch.Generator | None = None) -> Steps:
         """`generate` as a generator: after each decoding step it yields the new token of every row
         of the batch (row `i * candidates + j` is history i's candidate j; None for a row that had
-        already ended; [SEP] ends a row; None for a pause between the parts of a large batch's
+        already ended; [SEP] ends a row; None for a pause before each part of a large batch's
         prefill), and it returns what `generate` returns: the same sampling, the same random draws,
         the same candidates. `send` it a set of rows to stop decoding
         (`replies_stream` does so for a client that went away): they leave the batch."""
@@ -195,7 +216,8 @@ class Engine:
     def prompt(self, history, settings: ReplySettings) -> list[list[int]]:
         """The utterances (token ids) the model sees of `history`: its last `max_history_len`, then the
         most recent of those that fit the model's positions with a reply of `max_len`."""
-        return self.fit_history(self._as_ids(history[-settings.max_history_len:]), settings.max_len)
+        limit = self.context_budget(settings.max_len)  # more of one utterance could never be seen
+        return self.fit_history(self._as_ids(history[-settings.max_history_len:], limit), settings.max_len)
 
     def ranking_for(self, ranking: "str | Ranking") -> Ranking:
         """The ranking replies are chosen by on this engine: `ranking` without the terms it cannot
@@ -206,8 +228,8 @@ class Engine:
         """Whether a reply is known as it is written: one sampled candidate and no other source's."""
         return settings.candidates == 1 and all(getattr(settings, s.count) == 0 for s in self.sources)
 
-    def _as_ids(self, history) -> list[list[int]]:
-        return [u if isinstance(u, list) else self.encode(u) for u in history]
+    def _as_ids(self, history, limit: int | None = None) -> list[list[int]]:
+        return [u if isinstance(u, list) else self.encode(u, limit) for u in history]
 
     @torch.inference_mode()
     def _sample_steps(self, contexts: list[list[int]], cfg: ReplySettings, gen: torch.Generator) -> Steps:
@@ -239,7 +261,7 @@ class Engine:
                 model.prepare_decode(one_row=torch.get_num_threads() > 1)
                 per_call, last, gone = max(1, PREFILL_TOKENS // T0), [], set()
                 for a in range(0, C, per_call):
-                    if a:  # a pause between parts (yields None): rows given up meanwhile are not decoded
+                    if per_call < C:  # a pause before each part (yields None): rows given up meanwhile are not read
                         gone |= set((yield None) or ())
                         if len(gone) == B:
                             return [[] for _ in range(C)]
@@ -345,8 +367,9 @@ class Engine:
 
     def replies_stream(self, histories: list[list[str]] | list[list[list[int]]],
                        settings: ReplySettings | None = None, *, generator: torch.Generator | None = None) -> Steps:
-        """`replies` as a generator: yields a `ReplyStep` after each decoding step and returns what
-        `replies` returns (the same replies for the same seed). `send` it a set of history indices
+        """`replies` as a generator: yields a `ReplyStep` after each decoding step (and an empty one
+        in each pause: before each part of a large prefill, before scoring, between the parts of a
+        large scoring) and returns what `replies` returns (the same replies for the same seed). `send` it a set of history indices
         to give up (clients that went away): their rows leave the batch at once, they are not
         scored, and their entry in the result is None. `generator` may be `Generators`, one per
         history (each history then gets the replies its own generator gives alone, when
@@ -382,7 +405,12 @@ class Engine:
                 give_up = yield ReplyStep(attempt, {})  # sampled: a last chance to give up before scoring
                 dropped |= set(give_up or ())
             kept = [(i, cands + gathered[i]) for i, cands in zip(pending, sampled) if i not in dropped]
-            self.score([Group(utterances[i], cands) for i, cands in kept], rank.names)
+            for k, part in enumerate(score_parts([Group(utterances[i], c) for i, c in kept], SCORE_TOKENS)):
+                if k:  # a pause between parts: histories given up meanwhile are scored no further
+                    dropped |= set((yield ReplyStep(attempt, {})) or ())
+                if part := [g for owner, g in part if kept[owner][0] not in dropped]:
+                    self.score(part, rank.names)
+            kept = [(i, cands) for i, cands in kept if i not in dropped]
             still = []
             for i, cands in kept:
                 chosen, used = choose(cands, rank)

@@ -13,7 +13,9 @@ syntax (chitchat.engine.ranking), eval's tables, the API's candidate lists and t
     register(Scoring("length", "minus the reply's length in tokens", score_length))
 
 A scorer gets every group of one call at once (batch its model calls across them) and may skip a
-candidate that already holds its score (sampled candidates come with their likelihood).
+candidate that already holds its score (sampled candidates come with their likelihood). Each
+candidate's score is its own: a large batch is scored in parts (`score_parts`), and a group's
+candidates may be split between them.
 """
 
 from __future__ import annotations
@@ -88,3 +90,23 @@ def score_groups(engine, groups: list[Group], names) -> None:
         return
     for name in with_needs(names):
         SCORINGS[name].score(engine, groups)
+
+
+def score_parts(groups: list[Group], tokens: int) -> list[list[tuple[int, Group]]]:
+    """`groups` cut into parts of about `tokens` tokens each (a candidate costs its context and its
+    own length), in order: each part a list of (the group's position, a Group of some of its
+    candidates). An engine scores a part at a time, and may give histories up between parts."""
+    parts: list[list[tuple[int, Group]]] = [[]]
+    size = 0
+    for k, g in enumerate(groups):
+        context = sum(len(u) + 1 for u in g.history) + 1
+        for c in g.candidates:
+            if size and size + context + len(c.ids) + 1 > tokens:
+                parts.append([])
+                size = 0
+            part = parts[-1]
+            if not part or part[-1][0] != k:
+                part.append((k, Group(g.history, [])))
+            part[-1][1].candidates.append(c)
+            size += context + len(c.ids) + 1
+    return [p for p in parts if p]

@@ -16,6 +16,7 @@ line is `chitchat.commands.serve`.
 from __future__ import annotations
 
 import asyncio
+import gc
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -67,10 +68,15 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None) -> FastAPI:
         quiet_cancelled_requests()
         redact_session_ids()
         state.worker = app.state.worker = ModelWorker(engine, cfg.batch_window_ms, cfg.max_batch, cfg.max_queue)
+        # What is alive now (the libraries, the models, the vocabulary) lives as long as the server:
+        # out of the cyclic collector's sight, whose full collections would otherwise walk it all
+        # while holding the GIL, stalling the event loop and the worker at once.
+        gc.freeze()
         try:
             yield
         finally:  # uvicorn has finished the requests in flight; answer whatever is still queued
             await asyncio.to_thread(state.worker.stop)
+            gc.unfreeze()
 
     errors = {code: {"model": S.ErrorResponse, "description": text} for code, text in (
         (400, "malformed request (bad JSON), or a Host name this server does not answer to"),

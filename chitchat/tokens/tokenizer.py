@@ -11,6 +11,7 @@ text gets the ids the model was trained on; `upgrade_tokenizer` gives an older s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -138,6 +139,25 @@ def plain_encoder(tokenizer):
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.normalizer = normalizers.Replace(" ", SPACE)
     return backend
+
+
+def text_encoder(tokenizer):
+    """The backend that encodes text `normalize` has made canonical: `plain_encoder`'s when the
+    tokenizer normalises as the project does (the same ids, a step instead of a hundred), else its
+    own backend (a tokenizer from elsewhere keeps its own normaliser)."""
+    backend = tokenizer.backend_tokenizer
+    if json.loads(backend.to_str()).get("normalizer") == _project_normalizer_state():
+        return plain_encoder(tokenizer)
+    return backend
+
+
+@functools.cache
+def _project_normalizer_state() -> dict:
+    from tokenizers import Tokenizer, models
+
+    probe = Tokenizer(models.WordLevel({UNK: 0}, unk_token=UNK))
+    probe.normalizer = project_normalizer()
+    return json.loads(probe.to_str())["normalizer"]
 
 
 def ensure_normalizer(tokenizer):

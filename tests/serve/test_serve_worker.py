@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from dataclasses import replace
@@ -147,3 +148,13 @@ def test_concurrent_requests_share_engine_calls(engine, monkeypatch):
         assert [r.status_code for r in results] == [200] * 8
         assert len(spy.calls) == 2 and len(spy.calls[1][0]) == 7
         assert c.get("/info").json()["worker"]["largest_batch"] == 7
+
+
+def test_what_lives_as_long_as_the_server_is_out_of_the_collectors_sight(engine):
+    """Issue 25, N6: a full garbage collection over the libraries and models stalls the event loop
+    and the worker at once; the server freezes what is alive at start, and thaws it when it stops."""
+    before = gc.get_freeze_count()
+    with serve(engine) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > before + 10_000  # torch, transformers, the models
+    assert gc.get_freeze_count() == 0

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import chitchat.engine.engine as engine_module
 from chitchat.engine.engine import Engine
 from chitchat.serve.worker import ModelWorker
 from chitchat.engine.settings import ReplySettings
@@ -53,6 +54,7 @@ def ask_together(worker: ModelWorker, n: int, settings: ReplySettings = MMI5, se
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_concurrent_mmi5_requests_share_one_call_per_lane_and_one_mmi_scoring_each(lane_engine, monkeypatch, lanes):
     calls = count_mmi_calls(lane_engine, monkeypatch)
+    monkeypatch.setattr(engine_module, "SCORE_TOKENS", 10 ** 6)  # a call's candidates scored in one part
     threads = torch.get_num_threads()
     worker = ModelWorker(lane_engine, window_ms=5000, max_batch=8, lanes=lanes, lane_rows=10)
     replies = ask_together(worker, 8)
@@ -70,6 +72,7 @@ def test_concurrent_mmi5_requests_share_one_call_per_lane_and_one_mmi_scoring_ea
 
 def test_small_and_seeded_groups_are_not_split(lane_engine, monkeypatch):
     calls = count_mmi_calls(lane_engine, monkeypatch)
+    monkeypatch.setattr(engine_module, "SCORE_TOKENS", 10 ** 6)  # a call's candidates scored in one part
     worker = ModelWorker(lane_engine, window_ms=5000, max_batch=8, lanes=2, lane_rows=10)
     assert len(ask_together(worker, 3)) == 3  # 15 rows: fewer than 2 lanes of 10
     assert (worker.calls, worker.split, len(calls)) == (1, 0, 1)
