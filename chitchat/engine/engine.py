@@ -142,8 +142,9 @@ class Engine:
         text = normalize(text)
         if not text:
             return []
-        if limit is not None and len(text) > PREFIX_CHARS * limit + PREFIX_SPARE:
-            enc = self._encoding(text[:PREFIX_CHARS * limit + PREFIX_SPARE])
+        head = None if limit is None else PREFIX_CHARS * limit + PREFIX_SPARE  # characters read first
+        if head is not None and len(text) > head:
+            enc = self._encoding(text[:head])
             ids, words = enc.ids, enc.word_ids
             whole = len(ids)
             while whole and words[whole - 1] == words[-1]:  # the last word may be cut short: left out
